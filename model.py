@@ -1,0 +1,346 @@
+"""
+model.py — a minimal GPT whose attention blocks take prefix key/values natively.
+
+One idea runs through this file: a *prefix* (Li & Liang 2021) and a *KV cache* are the same object.
+Both are, for every layer, keys and values of positions that come *before* the tokens being processed:
+
+    attention with a prefix:   softmax(Q·[P_k; K]ᵀ/√d + M)·[P_v; V]
+
+where P_k, P_v are "past" keys/values (P of them), K, V come from the T current tokens, and the mask M
+lets every current token see all past slots and, causally, the current tokens. A learned prefix is a
+past that was trained; a KV cache is a past that was computed. `GPT.generate` starts its cache *from*
+the prefix and appends to it, so the two share every line of code.
+
+Shapes used throughout (B batch, T tokens, P past slots, C = n_embd, nh = n_head, hd = head_dim = C/nh):
+    prefix_kv   : sequence of n_layer pairs (key, value), each (B or 1, nh, P, hd)
+    prefix_mask : optional (B, P) bool, True where a slot is real; used to batch prefixes of
+                  different lengths (shorter ones padded at the end). Row b's tokens sit at
+                  positions n_valid[b] .. n_valid[b]+T-1, as if that row ran alone.
+
+Module names follow GPT-2 (transformer.wte, wpe, h[i].ln_1, attn.c_attn, ...) so GPT-2 checkpoints
+map onto it key by key.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B or 1, nh, L, hd)
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256   # most positions (prefix slots included) the model can see
+    vocab_size: int = 256   # 256 = byte-level tokenizer; 50257 = GPT-2 BPE
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True       # GPT-2 has biases in Linear and LayerNorm layers
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention with past (prefix or cache) keys and values: the one equation, two ways to compute it.
+
+def attention_mask(T: int, P: int, past_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Boolean mask M, True where query t may attend key s. Shape (B or 1, 1, T, P+T).
+
+    Keys are laid out [past slots (P) ; current tokens (T)]. Every query sees every *real* past slot
+    (past_mask, or all P when it is None) and the current tokens up to itself. This is a causal mask
+    aligned to the bottom-right corner: query t is the token at key index P+t.
+    """
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()           # (T, T)
+    if past_mask is None:
+        past_mask = torch.ones(1, P, dtype=torch.bool, device=device)           # (1, P)
+    B = past_mask.size(0)
+    past = past_mask[:, None, None, :].expand(B, 1, T, P)                       # (B, 1, T, P)
+    return torch.cat([past, causal.expand(B, 1, T, T)], dim=-1)                 # (B, 1, T, P+T)
+
+
+def prefix_attention_reference(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0):
+    """softmax(Q·[P_k; K]ᵀ/√d + M)·[P_v; V], written out literally (the readable path).
+
+    q, k, v        : (B, nh, T, hd)   from the current tokens
+    past_k, past_v : (B or 1, nh, P, hd) or None   prefix / cached keys and values
+    returns        : (B, nh, T, hd)
+    """
+    B, nh, T, hd = q.shape
+    if past_k is not None:
+        k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)                 # [P_k; K] (B, nh, P+T, hd)
+        v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)                 # [P_v; V]
+    P = k.size(2) - T
+    allowed = attention_mask(T, P, past_mask, q.device)                        # (B|1, 1, T, P+T)
+    M = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + M                       # (B, nh, T, P+T)
+    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)
+    return weights @ v                                                          # (B, nh, T, hd)
+
+
+def prefix_attention_fast(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0):
+    """The same result through F.scaled_dot_product_attention, choosing a mask that keeps a fused kernel.
+
+    `is_causal=True` aligns the causal triangle to the *top-left*, which is wrong once keys outnumber
+    queries (query 0 must see all P past slots, not just key 0). So:
+      - no past:            is_causal=True (square, top-left == bottom-right);
+      - one new token:      no mask at all (the newest token may see everything before it);
+      - past, same length:  a lower-right causal bias, which flash / memory-efficient kernels support;
+      - past of mixed lengths (past_mask): an explicit boolean mask.
+    """
+    B, nh, T, hd = q.shape
+    if past_k is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)                     # (B, nh, P+T, hd)
+    v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)
+    P = k.size(2) - T
+    if past_mask is not None:
+        mask = attention_mask(T, P, past_mask, q.device)
+    elif T == 1:
+        mask = None
+    else:
+        mask = causal_lower_right(T, P + T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # Q, K, V at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, past: KV | None, past_mask, fast: bool):
+        """x: (B, T, C) → (y (B, T, C), (k, v) of these T tokens, each (B, nh, T, hd))."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)                                # 3 × (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        past_k, past_v = past if past is not None else (None, None)
+        attend = prefix_attention_fast if fast else prefix_attention_reference
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, past_k, past_v, past_mask, dropout_p)               # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, past, past_mask, fast):
+        a, present = self.attn(self.ln_1(x), past, past_mask, fast)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+# ----------------------------------------------------------------------------------------------
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.fast_attention = True  # False: the literal softmax(...) path; tests hold the two equal
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2·n_layer), since each block adds two of them
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True) -> int:
+        """Parameter count (the tied lm_head counted once); position embeddings excluded by default."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    # -- the shared trunk ------------------------------------------------------------------------
+
+    def check_prefix(self, prefix_kv, prefix_mask=None):
+        """Raise a clear ValueError when prefix_kv does not fit this model. Returns P."""
+        cfg = self.config
+        if len(prefix_kv) != cfg.n_layer:
+            raise ValueError(f"prefix_kv has {len(prefix_kv)} layers but the model has {cfg.n_layer}: "
+                             "was the prefix built for another model?")
+        P = prefix_kv[0][0].size(2)
+        for k, v in prefix_kv:
+            if k.dim() != 4 or k.shape[1:] != (cfg.n_head, P, cfg.head_dim) or v.shape != k.shape:
+                raise ValueError(f"prefix key/value of shape {tuple(k.shape)}/{tuple(v.shape)} does not fit "
+                                 f"(B, n_head={cfg.n_head}, P={P}, head_dim={cfg.head_dim}): "
+                                 "was the prefix built for another model?")
+        if prefix_mask is not None and (prefix_mask.dim() != 2 or prefix_mask.size(1) != P):
+            raise ValueError(f"prefix_mask must be (B, P={P}), got {tuple(prefix_mask.shape)}")
+        return P
+
+    def trunk(self, tok_emb, prefix_kv=None, prefix_mask=None):
+        """Run the blocks on input embeddings that follow an optional past (prefix or cache).
+
+        tok_emb: (B, T, C) → (h (B, T, C) after ln_f, present: n_layer pairs (k, v) each (B, nh, T, hd)).
+        """
+        B, T, _ = tok_emb.shape
+        if prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
+            prefix_kv, prefix_mask = None, None  # P = 0 is exactly the plain model
+        P = 0 if prefix_kv is None else prefix_kv[0][0].size(2)
+        # Positions: the prefix occupies 0..n-1, the tokens n..n+T-1, where n counts the real past slots.
+        if prefix_mask is None:
+            start = torch.full((1, 1), P, dtype=torch.long, device=tok_emb.device)    # (1, 1)
+        else:
+            start = prefix_mask.sum(dim=1, keepdim=True)                                # (B, 1)
+        last = P if prefix_mask is None else int(start.max())
+        if last + T > self.config.block_size:
+            raise ValueError(f"prefix/past length {last} + sequence length {T} = {last + T} exceeds "
+                             f"block_size {self.config.block_size}: shorten the input or the prefix")
+        pos = start + torch.arange(T, device=tok_emb.device)                            # (B|1, T)
+        x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))                  # (B, T, C)
+        present = []
+        for i, block in enumerate(self.transformer.h):
+            past = None if prefix_kv is None else prefix_kv[i]
+            x, kv = block(x, past, prefix_mask, self.fast_attention)
+            present.append(kv)
+        return self.transformer.ln_f(x), present
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def forward(self, idx, targets=None, prefix_kv=None, prefix_mask=None):
+        """idx (B, T) token ids → (logits (B, T, vocab), loss or None). Targets of -1 are ignored."""
+        h, _ = self.trunk(self.transformer.wte(idx), prefix_kv, prefix_mask)
+        logits = self.lm_head(h)                                                         # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def key_values(self, idx=None, prefix_kv=None, prefix_mask=None, embeds=None) -> list[KV]:
+        """The per-layer (key, value) that tokens `idx` (or input embeddings `embeds`, (B, T, C)) produce
+        after an optional prefix: each (B, n_head, T, head_dim). This is what a KV cache holds; it
+        initialises a prefix from real words, and turns prompt-tuning embeddings into a prefix."""
+        if embeds is None:
+            embeds = self.transformer.wte(idx)
+        _, present = self.trunk(embeds, prefix_kv, prefix_mask)
+        return present
+
+    @staticmethod
+    def extend(past: list[KV] | None, present: list[KV], batch: int) -> list[KV]:
+        """[past; present] per layer along the position axis: how a cache (or prefix) grows."""
+        if past is None:
+            return present
+        return [(torch.cat([pk.expand(batch, -1, -1, -1), k], dim=2),
+                 torch.cat([pv.expand(batch, -1, -1, -1), v], dim=2))
+                for (pk, pv), (k, v) in zip(past, present)]
+
+    def step(self, idx, cache, cache_mask):
+        """Encode tokens idx (B, T) after `cache`; return (last-position logits (B, vocab), grown cache,
+        grown mask). The prefix is simply the cache's initial value."""
+        h, present = self.trunk(self.transformer.wte(idx), cache, cache_mask)
+        B, T = idx.shape
+        cache = self.extend(cache, present, B)
+        if cache_mask is not None:
+            cache_mask = torch.cat([cache_mask.expand(B, -1),
+                                    torch.ones(B, T, dtype=torch.bool, device=idx.device)], dim=1)
+        return self.lm_head(h[:, -1, :]), cache, cache_mask
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, prefix_kv=None,
+                 prefix_mask=None, use_cache=True, stop_token=None):
+        """Append max_new_tokens to idx (B, T). temperature=0 is greedy (argmax).
+
+        With the cache, the prompt is encoded once on top of the prefix and each new token costs one
+        position. Past block_size the context slides: only the last (block_size - P) tokens stay
+        visible (the prefix always does). Sliding shifts every token's position, so cached keys go
+        stale; from then on each step re-encodes the window (as slow as no cache, but never wrong).
+        stop_token: stop once every row has produced it (rows keep decoding until then).
+        """
+        P = 0 if prefix_kv is None else self.check_prefix(prefix_kv, prefix_mask)
+        if prefix_kv is not None and prefix_mask is None and P == 0:
+            prefix_kv = None
+        window = self.config.block_size - (P if prefix_mask is None else int(prefix_mask.sum(1).max()))
+        if window < 1:
+            raise ValueError(f"prefix length {P} leaves no room in block_size {self.config.block_size}")
+        B = idx.size(0)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        cache, cache_mask, todo, n_cached = prefix_kv, prefix_mask, idx, 0
+        for _ in range(max_new_tokens):
+            if not use_cache or n_cached + todo.size(1) > window:
+                # (re-)encode the visible window on top of the prefix alone
+                cache, cache_mask, todo, n_cached = prefix_kv, prefix_mask, idx[:, -window:], 0
+            logits, grown, grown_mask = self.step(todo, cache, cache_mask)
+            if use_cache:
+                cache, cache_mask, n_cached = grown, grown_mask, n_cached + todo.size(1)
+            next_id = sample_next(logits, temperature, top_k)                           # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+            todo = next_id
+            if stop_token is not None:
+                done |= next_id.squeeze(1) == stop_token
+                if bool(done.all()):
+                    break
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """logits (B, vocab) → next token ids (B, 1). temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
+
+
+def make_adamw(module: nn.Module, lr, weight_decay, betas=(0.9, 0.95), device_type="cpu"):
+    """AdamW over the parameters that require grad only: matrices and embeddings decay, biases and
+    LayerNorm gains do not (decaying a gain pulls it toward 0, which is not regularisation)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    # fused kernels exist for CUDA and CPU in recent PyTorch; fall back quietly elsewhere
+    fused = device_type in ("cuda", "cpu")
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)

@@ -1,0 +1,280 @@
+"""
+prefix.py — trainable prefixes for a frozen GPT: prefix tuning (Li & Liang 2021) and prompt tuning
+(Lester et al. 2021), mixed-prefix batches, saving/loading a prefix alone, parameter accounting.
+
+Prefix tuning solves  argmin_P  L(LM_θ(x; P), y)  with θ frozen: only P, a per-layer key/value
+prefix of length n_prefix, is trained. Both modules here are called the same way,
+
+    prefix_kv = prefix(model)          # n_layer pairs (key, value), each (1, n_head, n_prefix, head_dim)
+    logits, loss = model(x, y, prefix_kv=prefix_kv)
+
+and what they return is a plain `prefix_kv` that GPT.forward and GPT.generate take as it is.
+
+    PrefixTuning : P is free in every layer (the "deep" prefix).
+                   Optionally reparameterised: P = MLP(P'), MLP = Linear → tanh → Linear (the paper's
+                   trick for stable training); `fold()` evaluates the MLP once and keeps only P.
+    PromptTuning : P soft input embeddings E; the per-layer keys/values are what the frozen model
+                   computes from E — a prefix constrained to be reachable from the input layer.
+"""
+import hashlib
+import os
+
+import torch
+import torch.nn as nn
+
+from model import GPT, GPTConfig
+
+PREFIX_FORMAT = "prefixgpt-prefix/1"
+
+
+def _check_model(config: GPTConfig, model: GPT | None):
+    if model is not None:
+        c = model.config
+        if (c.n_layer, c.n_head, c.n_embd) != (config.n_layer, config.n_head, config.n_embd):
+            raise ValueError(f"prefix built for n_layer={config.n_layer}, n_head={config.n_head}, "
+                             f"n_embd={config.n_embd} cannot drive a model with n_layer={c.n_layer}, "
+                             f"n_head={c.n_head}, n_embd={c.n_embd}")
+
+
+class PrefixTuning(nn.Module):
+    """A learned key/value prefix of n_prefix slots for every layer (Li & Liang's prefix tuning)."""
+
+    def __init__(self, config: GPTConfig, n_prefix: int, reparam: bool = False, reparam_hidden: int = 512):
+        super().__init__()
+        if n_prefix < 1:
+            raise ValueError(f"n_prefix must be at least 1, got {n_prefix}")
+        self.config, self.n_prefix = config, n_prefix
+        self.reparam, self.reparam_hidden = reparam, reparam_hidden
+        L, nh, hd, C = config.n_layer, config.n_head, config.head_dim, config.n_embd
+        if reparam:
+            # P' (n_prefix, C) → MLP → all layers' K and V (n_prefix, L·2·C)
+            self.prefix_input = nn.Parameter(torch.randn(n_prefix, C) * 0.02)
+            self.mlp = nn.Sequential(nn.Linear(C, reparam_hidden), nn.Tanh(),
+                                     nn.Linear(reparam_hidden, L * 2 * C))
+        else:
+            # the prefix itself: (n_layer, 2 for key/value, n_head, n_prefix, head_dim)
+            self.prefix = nn.Parameter(torch.randn(L, 2, nh, n_prefix, hd) * 0.02)
+
+    def prefix_tensor(self) -> torch.Tensor:
+        """All layers' keys and values as one tensor (n_layer, 2, n_head, n_prefix, head_dim)."""
+        if not self.reparam:
+            return self.prefix
+        c = self.config
+        flat = self.mlp(self.prefix_input)                                   # (P, L·2·C)
+        kv = flat.view(self.n_prefix, c.n_layer, 2, c.n_head, c.head_dim)   # (P, L, 2, nh, hd)
+        return kv.permute(1, 2, 3, 0, 4)                                     # (L, 2, nh, P, hd)
+
+    def forward(self, model: GPT | None = None) -> list:
+        _check_model(self.config, model)
+        kv = self.prefix_tensor()
+        return [(kv[i, 0].unsqueeze(0), kv[i, 1].unsqueeze(0)) for i in range(self.config.n_layer)]
+
+    @torch.no_grad()
+    def fold(self) -> "PrefixTuning":
+        """After training, keep only P = MLP(P') as plain tensors (the paper drops the MLP)."""
+        folded = PrefixTuning(self.config, self.n_prefix, reparam=False)
+        folded.prefix.copy_(self.prefix_tensor())
+        return folded
+
+    @torch.no_grad()
+    def init_from_kv(self, prefix_kv, fit_steps: int = 300):
+        """Start from given keys/values, e.g. model.key_values(tokens of a real text) — Li & Liang found
+        this helps when data is scarce. A reparameterised prefix is fitted to them by regression."""
+        target = torch.stack([torch.stack([k[0], v[0]]) for k, v in prefix_kv])  # (L, 2, nh, P, hd)
+        if target.shape != (self.config.n_layer, 2, self.config.n_head, self.n_prefix, self.config.head_dim):
+            raise ValueError(f"init keys/values of shape {tuple(target.shape)} do not fit this prefix "
+                             f"(n_prefix={self.n_prefix})")
+        if not self.reparam:
+            self.prefix.copy_(target)
+            return self
+        with torch.enable_grad():
+            opt = torch.optim.Adam(self.parameters(), lr=1e-2)
+            for _ in range(fit_steps):
+                loss = (self.prefix_tensor() - target).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return self
+
+
+class PromptTuning(nn.Module):
+    """n_prefix soft token embeddings placed before the input (Lester et al.'s prompt tuning).
+
+    Its prefix_kv is computed by the frozen model from the embeddings (model.key_values), so the keys
+    and values of every layer are tied together through the model — unlike PrefixTuning's free ones.
+    """
+
+    def __init__(self, config: GPTConfig, n_prefix: int):
+        super().__init__()
+        if n_prefix < 1:
+            raise ValueError(f"n_prefix must be at least 1, got {n_prefix}")
+        self.config, self.n_prefix, self.reparam = config, n_prefix, False
+        self.soft_embeds = nn.Parameter(torch.randn(n_prefix, config.n_embd) * 0.02)   # (P, C)
+
+    def forward(self, model: GPT) -> list:
+        _check_model(self.config, model)
+        return model.key_values(embeds=self.soft_embeds.unsqueeze(0))                    # each (1, nh, P, hd)
+
+    @torch.no_grad()
+    def init_from_tokens(self, model: GPT, token_ids):
+        """Start from the embeddings of real tokens (Lester et al.'s vocabulary init)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.soft_embeds.device)
+        if ids.numel() != self.n_prefix:
+            raise ValueError(f"{ids.numel()} init tokens for a prompt of n_prefix={self.n_prefix}")
+        self.soft_embeds.copy_(model.transformer.wte(ids))
+        return self
+
+
+def build_prefix(method: str, config: GPTConfig, n_prefix: int, reparam_hidden: int = 512):
+    """method: 'prefix' | 'prefix-reparam' | 'prompt'."""
+    if method == "prefix":
+        return PrefixTuning(config, n_prefix)
+    if method == "prefix-reparam":
+        return PrefixTuning(config, n_prefix, reparam=True, reparam_hidden=reparam_hidden)
+    if method == "prompt":
+        return PromptTuning(config, n_prefix)
+    raise ValueError(f"unknown prefix method {method!r}: use 'prefix', 'prefix-reparam' or 'prompt'")
+
+
+def method_of(prefix: nn.Module) -> str:
+    if isinstance(prefix, PromptTuning):
+        return "prompt"
+    return "prefix-reparam" if prefix.reparam else "prefix"
+
+
+def init_text_tokens(tokenizer, text: str, n_prefix: int) -> list[int]:
+    """Exactly n_prefix token ids from `text`: cut, or repeated cyclically when too short."""
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("the prefix init text is empty")
+    return [ids[i % len(ids)] for i in range(n_prefix)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed-prefix batches: each row its own prefix, of its own length.
+
+def batch_prefixes(prefix_kvs: list, rows: list[int] | None = None):
+    """Stack prefixes of different lengths into one padded prefix_kv and a prefix_mask.
+
+    prefix_kvs : list of N prefix_kv (each n_layer pairs of (1, nh, P_i, hd)); an entry may be None
+                 for "no prefix".
+    rows       : for every batch row, the index of its prefix (default: row i uses prefix i).
+    returns    : prefix_kv with each key/value (B, nh, P_max, hd), padded at the end with zeros,
+                 and prefix_mask (B, P_max) bool. Padded slots are masked out of attention and
+                 positions count only real slots, so each row computes what it would alone.
+    """
+    rows = list(range(len(prefix_kvs))) if rows is None else rows
+    real = [p for p in prefix_kvs if p is not None]
+    if not real:
+        raise ValueError("batch_prefixes needs at least one prefix")
+    n_layer = len(real[0])
+    _, nh, _, hd = real[0][0][0].shape
+    ref = real[0][0][0]
+    lengths = [0 if p is None else p[0][0].size(2) for p in prefix_kvs]
+    P_max = max(lengths)
+    B = len(rows)
+    mask = torch.zeros(B, P_max, dtype=torch.bool, device=ref.device)
+    out = [(ref.new_zeros(B, nh, P_max, hd), ref.new_zeros(B, nh, P_max, hd)) for _ in range(n_layer)]
+    for b, i in enumerate(rows):
+        if prefix_kvs[i] is None:
+            continue
+        n = lengths[i]
+        mask[b, :n] = True
+        for layer, (k, v) in enumerate(prefix_kvs[i]):
+            out[layer][0][b, :, :n] = k[0]
+            out[layer][1][b, :, :n] = v[0]
+    return out, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving and loading a prefix alone.
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights: tells a prefix which base it was trained on."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_torch_save(obj, path: str):
+    """Write to path.tmp, then rename: a crash mid-write never leaves a half-written file at path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_prefix(path: str, prefix: nn.Module, tokenizer: str, base_fingerprint: str | None = None,
+                metrics: dict | None = None):
+    """Save the prefix's tensors and what it needs to fit a model (dimensions, P, method, tokenizer)."""
+    c = prefix.config
+    atomic_torch_save({
+        "format": PREFIX_FORMAT,
+        "method": method_of(prefix),
+        "n_prefix": prefix.n_prefix,
+        "reparam_hidden": getattr(prefix, "reparam_hidden", 0),
+        "model": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
+                  "vocab_size": c.vocab_size, "block_size": c.block_size},
+        "tokenizer": tokenizer,
+        "base_fingerprint": base_fingerprint,
+        "metrics": metrics or {},
+        "state": {k: v.detach().cpu() for k, v in prefix.state_dict().items()},
+    }, path)
+
+
+def safe_torch_load(path: str, what: str = "file"):
+    """torch.load that never runs pickled code, with one-line errors for missing or damaged files."""
+    import pickle
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"refusing to load {path}: it holds pickled objects beyond tensors and plain "
+                         f"data, which could run code ({str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # truncated or not a torch file at all
+        raise ValueError(f"cannot read {what} {path}: it is corrupt or not a torch file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
+    """Load a prefix saved by save_prefix and check that it fits `model` (and tokenizer / base weights
+    when given). Returns (prefix module, the saved dict's metadata)."""
+    blob = safe_torch_load(path, "prefix file")
+    if not isinstance(blob, dict) or blob.get("format") != PREFIX_FORMAT:
+        raise ValueError(f"{path} is not a prefixgpt prefix file (format {PREFIX_FORMAT})")
+    want, have = blob["model"], model.config
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        if want[key] != getattr(have, key):
+            raise ValueError(f"prefix {path} was made for a model with {key}={want[key]}, but this model has "
+                             f"{key}={getattr(have, key)}: load it with the base model it was trained on")
+    if tokenizer is not None and blob["tokenizer"] != tokenizer:
+        raise ValueError(f"prefix {path} was trained with the {blob['tokenizer']!r} tokenizer, "
+                         f"the model uses {tokenizer!r}")
+    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
+        raise ValueError(f"prefix {path} was trained on another base model (weights {blob['base_fingerprint']}, "
+                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+    cfg = GPTConfig(**{**have.__dict__, **{k: want[k] for k in ("n_layer", "n_head", "n_embd")}})
+    prefix = build_prefix(blob["method"], cfg, blob["n_prefix"], blob.get("reparam_hidden") or 512)
+    prefix.load_state_dict(blob["state"])
+    return prefix, {k: v for k, v in blob.items() if k != "state"}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def count_parameters(model: nn.Module, prefix: nn.Module) -> dict:
+    """Trainable vs frozen parameter counts; the percentage is trainable / base model size."""
+    trainable = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
+    trainable += sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    base = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": frozen, "percent": 100.0 * trainable / max(base, 1)}
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """θ frozen: no base parameter takes a gradient."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
