@@ -1,0 +1,165 @@
+"""
+Prepare the E2E NLG task (restaurant meaning representation -> English sentence) as JSONL.
+
+    python data/e2e/prepare.py                        # download the official release (train/dev/test)
+    python data/e2e/prepare.py --csv devset.csv       # or split local CSV files (columns mr,ref) by MR
+    PREFIXGPT_E2E=devset.csv python -m data.e2e.prepare
+
+Writes to --out_dir (default data/e2e):
+    train.jsonl, val.jsonl, test.jsonl   one line per reference: {"prompt": "<mr> ||", "completion": " <ref>"}
+    train_text.txt                       the train references, one per line (unlabelled text to pretrain on)
+    meta.json                            where the data came from, split sizes, seed
+
+Every MR has several human references. They all get the same prompt, which is how the BLEU
+evaluation (metrics.group_references) finds the reference set of each MR.
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import urllib.request
+import zipfile
+
+URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
+OFFICIAL = {"train": "trainset.csv", "val": "devset.csv", "test": "testset_w_refs.csv"}
+SPLITS = ("train", "val", "test")
+HOW = "pass --csv PATH (an E2E CSV with columns mr,ref; may be repeated) or set PREFIXGPT_E2E"
+
+
+def clean(text: str) -> str:
+    # CSV fields can hold newlines and stray spaces; one space everywhere keeps one example per line
+    return " ".join(text.split())
+
+
+def read_rows(f, name: str) -> list[tuple[str, str]]:
+    """(mr, ref) pairs from an open CSV file; columns are found by header name, not position."""
+    reader = csv.reader(f)
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "mr" not in header or "ref" not in header:
+        raise SystemExit(f"{name}: needs a header with columns mr and ref, found {header}; {HOW}")
+    i_mr, i_ref = header.index("mr"), header.index("ref")
+    rows = []
+    for fields in reader:
+        if len(fields) <= max(i_mr, i_ref):
+            continue  # blank or ragged line
+        mr, ref = clean(fields[i_mr]), clean(fields[i_ref])
+        if mr and ref:
+            rows.append((mr, ref))
+    return rows
+
+
+def read_csv(path: str) -> list[tuple[str, str]]:
+    if not os.path.isfile(path):
+        raise SystemExit(f"E2E file not found: {path}; {HOW}")
+    # utf-8-sig: also reads files that start with a byte-order mark; newline="" is what csv wants
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return read_rows(f, path)
+
+
+def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
+    """Split (mr, ref) rows into train/val/test so that every MR lands in exactly one split.
+
+    Splitting rows instead would put other references of a test MR into train: the model would be
+    scored on inputs it has already seen, and the test BLEU would be too optimistic.
+    """
+    # sorted first, so the split depends only on the seed and the set of MRs, not on file order
+    mrs = sorted({mr for mr, _ in rows})
+    random.Random(seed).shuffle(mrs)
+    n = len(mrs)
+    n_val, n_test = round(fractions[1] * n), round(fractions[2] * n)
+    if n >= 3:  # a tiny pool still gets at least one MR to evaluate on
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    n_train = n - n_val - n_test
+    which = {mr: "train" for mr in mrs[:n_train]}
+    which.update({mr: "val" for mr in mrs[n_train:n_train + n_val]})
+    which.update({mr: "test" for mr in mrs[n_train + n_val:]})
+    splits = {name: [] for name in SPLITS}
+    for mr, ref in rows:  # rows keep their file order inside a split (refs of an MR stay together)
+        splits[which[mr]].append((mr, ref))
+    return splits
+
+
+def to_example(mr: str, ref: str) -> dict:
+    # " ||" ends the prompt; the completion starts with a space so that the reference's first word
+    # is tokenised as it would be in running text (" The", not "The")
+    return {"prompt": f"{mr} ||", "completion": f" {ref}"}
+
+
+def write_atomic(path: str, text: str) -> None:
+    # write a temporary file then rename: an interrupted run never leaves a half-written file behind
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
+    """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = dict(meta, splits={})
+    for name in SPLITS:
+        rows = splits[name]
+        lines = [json.dumps(to_example(mr, ref), ensure_ascii=False) + "\n" for mr, ref in rows]
+        write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
+        meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows})}
+    # only train text: pretraining on val/test references would leak the answers into the base model
+    write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
+    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    return meta
+
+
+def download_official(out_dir: str, timeout: float = 30.0) -> dict[str, list]:
+    """The official splits from the release zip (kept in out_dir, so a second run needs no network)."""
+    zip_path = os.path.join(out_dir, "e2e-dataset.zip")
+    if not os.path.exists(zip_path):
+        os.makedirs(out_dir, exist_ok=True)
+        print(f"downloading {URL}")
+        try:
+            with urllib.request.urlopen(URL, timeout=timeout) as r:
+                data = r.read()
+        except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+            raise SystemExit(f"could not download the E2E data ({e}); {HOW}") from None
+        with open(zip_path + ".tmp", "wb") as f:  # same tmp + rename as write_atomic
+            f.write(data)
+        os.replace(zip_path + ".tmp", zip_path)
+    splits = {}
+    with zipfile.ZipFile(zip_path) as z:
+        by_name = {os.path.basename(n): n for n in z.namelist()}  # members sit in a subfolder
+        for split, name in OFFICIAL.items():
+            if name not in by_name:
+                raise SystemExit(f"{zip_path} has no {name}; delete it to download again, or {HOW}")
+            with z.open(by_name[name]) as f:
+                splits[split] = read_rows(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""), name)
+    return splits
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--csv", action="append", default=None,
+                   help="local E2E CSV (columns mr,ref); repeat to pool several; default $PREFIXGPT_E2E")
+    p.add_argument("--out_dir", default="data/e2e")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+                   help="fractions of MRs per split (local pool only)")
+    args = p.parse_args(argv)
+    paths = args.csv or ([os.environ["PREFIXGPT_E2E"]] if os.environ.get("PREFIXGPT_E2E") else [])
+    if paths:
+        rows = [row for path in paths for row in read_csv(path)]
+        if not rows:
+            raise SystemExit(f"no (mr, ref) rows in {', '.join(paths)}; {HOW}")
+        splits = split_by_mr(rows, args.seed, args.fractions)
+        meta = {"source": [os.path.basename(x) for x in paths], "split": "by MR",
+                "fractions": list(args.fractions), "seed": args.seed}
+    else:
+        splits = download_official(args.out_dir)
+        meta = {"source": URL, "split": "official", "seed": args.seed}
+    meta = write_task(splits, args.out_dir, meta)
+    for name, size in meta["splits"].items():
+        print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs -> {os.path.join(args.out_dir, name)}.jsonl")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""
+Prepare SST-2 (GLUE binary sentiment of movie-review sentences) as JSONL.
+
+    python data/sst2/prepare.py                 # download GLUE's SST-2.zip
+    python data/sst2/prepare.py --dir PATH      # or a folder holding train.tsv and dev.tsv
+    PREFIXGPT_SST2=PATH python -m data.sst2.prepare
+
+Splits: train.tsv -> train and a seeded held-out val (--val_size lines); dev.tsv -> test
+(GLUE's own test set has no labels). Writes to --out_dir (default data/sst2):
+    train.jsonl, val.jsonl, test.jsonl   {"prompt": "<sentence> Sentiment:", "completion": " positive", "label": 1}
+    train_text.txt                       the train sentences without labels, one per line
+    meta.json                            "labels": [" negative", " positive"] (index = label), sizes, seed
+"""
+import argparse
+import io
+import json
+import os
+import random
+import urllib.request
+import zipfile
+
+URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
+LABELS = [" negative", " positive"]  # the candidate completions; index = label
+SENTENCE_COLUMNS = ("sentence", "content")  # GLUE says sentence; some copies say content
+HOW = "pass --dir PATH (a folder with train.tsv and dev.tsv) or set PREFIXGPT_SST2"
+
+
+def read_rows(f, name: str) -> list[tuple[str, int]]:
+    """(sentence, label) pairs from an open TSV file; columns are found by header name."""
+    # not the csv module: SST sentences contain unbalanced quotes, and a TSV line is just fields split on tabs
+    lines = f.read().splitlines()
+    header = [h.strip().lower() for h in lines[0].split("\t")] if lines else []
+    text_col = next((c for c in SENTENCE_COLUMNS if c in header), None)
+    if text_col is None or "label" not in header:
+        raise SystemExit(f"{name}: needs a header with a label column and a sentence (or content) column, "
+                         f"found {header}; {HOW}")
+    i_text, i_label = header.index(text_col), header.index("label")
+    rows = []
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise SystemExit(f"{name}:{n}: expected {len(header)} tab-separated fields, found {len(fields)}")
+        label = fields[i_label].strip()
+        if label not in ("0", "1"):
+            raise SystemExit(f"{name}:{n}: label must be 0 or 1, found {label!r}")
+        sentence = " ".join(fields[i_text].split())  # strip and collapse runs of whitespace
+        if sentence:  # an empty sentence has nothing to classify
+            rows.append((sentence, int(label)))
+    return rows
+
+
+def read_tsv(path: str) -> list[tuple[str, int]]:
+    if not os.path.isfile(path):
+        raise SystemExit(f"SST-2 file not found: {path}; {HOW}")
+    with open(path, encoding="utf-8-sig") as f:
+        return read_rows(f, path)
+
+
+def split_train_val(rows, val_size=1000, seed=1337) -> tuple[list, list]:
+    """Hold out val_size seeded random lines of rows as val; train is the rest.
+
+    SST-2's train file repeats a few hundred sentences, so train also loses every line whose
+    sentence is in val: otherwise val would score some sentences the model was trained on.
+    """
+    if not 0 < val_size < len(rows):
+        raise SystemExit(f"--val_size must be between 1 and {len(rows) - 1} (train.tsv has {len(rows)} lines)")
+    picked = set(random.Random(seed).sample(range(len(rows)), val_size))
+    val = [row for i, row in enumerate(rows) if i in picked]
+    val_sentences = {sentence for sentence, _ in val}
+    train = [row for i, row in enumerate(rows) if i not in picked and row[0] not in val_sentences]
+    return train, val
+
+
+def to_example(sentence: str, label: int) -> dict:
+    return {"prompt": f"{sentence} Sentiment:", "completion": LABELS[label], "label": label}
+
+
+def write_atomic(path: str, text: str) -> None:
+    # write a temporary file then rename: an interrupted run never leaves a half-written file behind
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
+    """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
+    os.makedirs(out_dir, exist_ok=True)
+    meta = dict(meta, labels=LABELS, splits={})
+    for name in ("train", "val", "test"):
+        rows = splits[name]
+        lines = [json.dumps(to_example(s, y), ensure_ascii=False) + "\n" for s, y in rows]
+        write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
+        # the label counts give the majority-class baseline that any accuracy should beat
+        meta["splits"][name] = {"lines": len(rows), "per_label": [sum(y == k for _, y in rows) for k in (0, 1)]}
+    # only train sentences: val/test text in pretraining would be a (mild) leak
+    write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(s + "\n" for s, _ in splits["train"]))
+    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    return meta
+
+
+def download_glue(out_dir: str, timeout: float = 30.0) -> tuple[list, list]:
+    """(train rows, dev rows) from GLUE's zip (kept in out_dir, so a second run needs no network)."""
+    zip_path = os.path.join(out_dir, "SST-2.zip")
+    if not os.path.exists(zip_path):
+        os.makedirs(out_dir, exist_ok=True)
+        print(f"downloading {URL}")
+        try:
+            with urllib.request.urlopen(URL, timeout=timeout) as r:
+                data = r.read()
+        except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+            raise SystemExit(f"could not download SST-2 ({e}); {HOW}") from None
+        with open(zip_path + ".tmp", "wb") as f:  # same tmp + rename as write_atomic
+            f.write(data)
+        os.replace(zip_path + ".tmp", zip_path)
+    with zipfile.ZipFile(zip_path) as z:
+        by_name = {n.split("/")[-1]: n for n in z.namelist()}  # members sit in SST-2/
+        if "train.tsv" not in by_name or "dev.tsv" not in by_name:
+            raise SystemExit(f"{zip_path} lacks train.tsv or dev.tsv; delete it to download again, or {HOW}")
+        rows = {}
+        for name in ("train.tsv", "dev.tsv"):
+            with z.open(by_name[name]) as f:
+                rows[name] = read_rows(io.TextIOWrapper(f, encoding="utf-8-sig"), name)
+    return rows["train.tsv"], rows["dev.tsv"]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--dir", default=os.environ.get("PREFIXGPT_SST2") or None,
+                   help="folder with train.tsv and dev.tsv; default $PREFIXGPT_SST2, else download")
+    p.add_argument("--out_dir", default="data/sst2")
+    p.add_argument("--val_size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+    if args.dir:
+        train_rows = read_tsv(os.path.join(args.dir, "train.tsv"))
+        test_rows = read_tsv(os.path.join(args.dir, "dev.tsv"))
+        source = "local train.tsv and dev.tsv"
+    else:
+        train_rows, test_rows = download_glue(args.out_dir)
+        source = URL
+    train, val = split_train_val(train_rows, args.val_size, args.seed)
+    meta = {"source": source, "test": "GLUE dev.tsv", "val_size": args.val_size, "seed": args.seed,
+            "train_dropped_as_val_duplicates": len(train_rows) - len(train) - len(val)}
+    meta = write_task({"train": train, "val": val, "test": test_rows}, args.out_dir, meta)
+    for name, size in meta["splits"].items():
+        print(f"{name:5s} {size['lines']:6d} lines (negative/positive {size['per_label'][0]}/{size['per_label'][1]})"
+              f" -> {os.path.join(args.out_dir, name)}.jsonl")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

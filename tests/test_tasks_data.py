@@ -1,0 +1,201 @@
+"""Tests of data/e2e/prepare.py and data/sst2/prepare.py on small hand-made files (no network)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from data.e2e import prepare as e2e
+from data.sst2 import prepare as sst2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+# ---------------------------------------------------------------- E2E
+
+def e2e_rows(n_mrs=20):
+    """n_mrs MRs with 1, 2 or 3 references each; some with £ and é."""
+    rows = []
+    for i in range(n_mrs):
+        mr = f"name[Café {i}], priceRange[£20-25], area[city centre]"
+        for j in range(1 + i % 3):
+            rows.append((mr, f"Café {i} costs £20-25, réf {j}."))
+    return rows
+
+
+def write_csv(path, rows):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)  # quotes the MRs, which contain commas
+        w.writerow(["mr", "ref"])
+        w.writerows(rows)
+    return str(path)
+
+
+def test_split_by_mr_keeps_mrs_whole_and_loses_no_row():
+    rows = e2e_rows(20)
+    splits = e2e.split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1))
+    mrs = {name: {mr for mr, _ in part} for name, part in splits.items()}
+    assert [len(mrs[s]) for s in ("train", "val", "test")] == [16, 2, 2]
+    assert not (mrs["train"] & mrs["val"] or mrs["train"] & mrs["test"] or mrs["val"] & mrs["test"])
+    assert sorted(r for part in splits.values() for r in part) == sorted(rows)  # each row exactly once
+    assert e2e.split_by_mr(rows, seed=1337) == splits  # seeded: the same split every run
+    # the split depends on the set of MRs, not on the order of the file
+    shuffled = e2e.split_by_mr(list(reversed(rows)), seed=1337)
+    assert {name: {mr for mr, _ in part} for name, part in shuffled.items()} == mrs
+
+
+def test_e2e_cli_writes_jsonl_text_and_meta(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    rows = e2e_rows(20)
+    out = tmp_path / "out"
+    meta = e2e.main(["--csv", write_csv(tmp_path / "pool.csv", rows), "--out_dir", str(out)])
+    split_of_prompt, seen = {}, []
+    for name in ("train", "val", "test"):
+        lines = read_jsonl(out / f"{name}.jsonl")
+        assert len(lines) == meta["splits"][name]["lines"]
+        for ex in lines:
+            assert set(ex) == {"prompt", "completion"}
+            assert ex["prompt"].endswith(" ||") and ex["completion"].startswith(" ")
+            # an MR's references all share one prompt, and that prompt lives in one split only
+            assert split_of_prompt.setdefault(ex["prompt"], name) == name
+            seen.append((ex["prompt"][:-3], ex["completion"][1:]))
+    assert sorted(seen) == sorted(rows)
+    assert len(split_of_prompt) == 20
+    # references of one MR share exactly the same prompt string
+    n_prompts = {p for p in split_of_prompt if p.startswith("name[Café 5],")}
+    assert len(n_prompts) == 1
+    # UTF-8 kept as characters, not \u escapes
+    raw = (out / "train.jsonl").read_bytes().decode("utf-8")
+    assert "£" in raw and "é" in raw and "\\u" not in raw
+    # train_text: exactly the train references, nothing from val or test
+    train_refs = [ex["completion"][1:] for ex in read_jsonl(out / "train.jsonl")]
+    assert read_lines(out / "train_text.txt") == train_refs
+    held_out = {ex["completion"][1:] for s in ("val", "test") for ex in read_jsonl(out / f"{s}.jsonl")}
+    assert not held_out & set(train_refs)
+    on_disk = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert on_disk["seed"] == 1337 and on_disk["splits"]["val"]["mrs"] == 2
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # atomic writes cleaned up
+
+
+def test_e2e_pools_repeated_csv_and_reads_env(tmp_path, monkeypatch):
+    rows = e2e_rows(10)
+    a = write_csv(tmp_path / "a.csv", rows[:7])
+    b = write_csv(tmp_path / "b.csv", rows[7:])
+    meta = e2e.main(["--csv", a, "--csv", b, "--out_dir", str(tmp_path / "ab")])
+    assert sum(s["lines"] for s in meta["splits"].values()) == len(rows)
+    monkeypatch.setenv("PREFIXGPT_E2E", write_csv(tmp_path / "all.csv", rows))
+    meta = e2e.main(["--out_dir", str(tmp_path / "env")])
+    assert meta["source"] == ["all.csv"] and sum(s["mrs"] for s in meta["splits"].values()) == 10
+
+
+def test_e2e_missing_file_is_a_one_line_exit(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        e2e.main(["--csv", str(tmp_path / "nope.csv"), "--out_dir", str(tmp_path)])
+    assert "nope.csv" in str(e.value) and "--csv" in str(e.value) and "\n" not in str(e.value)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("meaning,text\na,b\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="mr and ref"):
+        e2e.main(["--csv", str(bad), "--out_dir", str(tmp_path)])
+    # the same as a script: nonzero exit status, one line on stderr, no traceback
+    env = {k: v for k, v in os.environ.items() if k != "PREFIXGPT_E2E"}
+    r = subprocess.run([sys.executable, "data/e2e/prepare.py", "--csv", str(tmp_path / "nope.csv"),
+                        "--out_dir", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--csv" in r.stderr
+
+
+def refuse(*args, **kwargs):
+    raise urllib.error.URLError("no network in tests")
+
+
+def test_offline_without_local_data_is_a_one_line_exit(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(SystemExit) as e:
+        e2e.main(["--out_dir", str(tmp_path / "e2e")])
+    assert "--csv" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        sst2.main(["--out_dir", str(tmp_path / "sst2")])
+    assert "--dir" in str(e.value) and "\n" not in str(e.value)
+    assert not list(tmp_path.rglob("*.zip"))  # no half-downloaded zip left to trip the next run
+
+
+# ---------------------------------------------------------------- SST-2
+
+def write_tsv(path, header, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        for fields in rows:
+            f.write("\t".join(fields) + "\n")
+
+
+def sst2_dir(tmp_path, train_header=("label", "sentence"), dev_header=("label", "content")):
+    d = tmp_path / "sst2_in"
+    d.mkdir()
+    train = [(str(i % 2), f"train  sentence {i} , it 's \"great\"  ") for i in range(12)] + [("1", "   ")]
+    if train_header[0] == "sentence":  # GLUE's own order: sentence first
+        train = [(s, y) for y, s in train]
+    write_tsv(d / "train.tsv", train_header, train)
+    write_tsv(d / "dev.tsv", dev_header, [("0", "dev one ."), ("1", "dev two , café .")])
+    return str(d)
+
+
+@pytest.mark.parametrize("train_header", [("label", "sentence"), ("sentence", "label")])
+def test_sst2_cli(tmp_path, monkeypatch, train_header):
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    out = tmp_path / "out"
+    meta = sst2.main(["--dir", sst2_dir(tmp_path, train_header), "--out_dir", str(out), "--val_size", "3"])
+    train, val, test = (read_jsonl(out / f"{s}.jsonl") for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (9, 3, 2)  # 12 non-empty train lines; the blank one skipped
+    assert meta["labels"] == [" negative", " positive"]
+    for ex in train + val + test:
+        assert set(ex) == {"prompt", "completion", "label"}
+        assert ex["completion"] == meta["labels"][ex["label"]]
+        assert ex["prompt"].endswith(" Sentiment:") and "  " not in ex["prompt"]  # whitespace collapsed
+    assert test[1] == {"prompt": "dev two , café . Sentiment:", "completion": " positive", "label": 1}
+    assert all('"great"' in ex["prompt"] for ex in train + val)  # quotes are text, not CSV quoting
+    sentences = lambda rows: [ex["prompt"][:-len(" Sentiment:")] for ex in rows]
+    assert read_lines(out / "train_text.txt") == sentences(train)  # train only, no labels
+    assert not set(sentences(val)) & set(sentences(train))
+    assert json.loads((out / "meta.json").read_text(encoding="utf-8"))["splits"]["val"]["lines"] == 3
+
+
+def test_sst2_val_never_shares_a_sentence_with_train():
+    rows = [("same", 1)] * 5 + [(f"s{i}", i % 2) for i in range(20)]
+    for seed in range(20):
+        train, val = sst2.split_train_val(rows, val_size=4, seed=seed)
+        assert len(val) == 4 and not {s for s, _ in val} & {s for s, _ in train}
+        assert len(train) + len(val) <= len(rows)
+
+
+def test_sst2_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    with pytest.raises(SystemExit) as e:
+        sst2.main(["--dir", str(tmp_path / "missing"), "--out_dir", str(tmp_path / "o")])
+    assert "train.tsv" in str(e.value) and "--dir" in str(e.value) and "\n" not in str(e.value)
+    d = tmp_path / "bad"
+    d.mkdir()
+    write_tsv(d / "train.tsv", ("label", "sentence"), [("0", "fine"), ("2", "bad label")])
+    write_tsv(d / "dev.tsv", ("label", "sentence"), [("0", "x")])
+    with pytest.raises(SystemExit, match=r"train.tsv:3: label must be 0 or 1"):
+        sst2.main(["--dir", str(d), "--out_dir", str(tmp_path / "o")])
+    write_tsv(d / "train.tsv", ("label", "text"), [("0", "fine")])
+    with pytest.raises(SystemExit, match="sentence"):
+        sst2.main(["--dir", str(d), "--out_dir", str(tmp_path / "o")])
+    write_tsv(d / "train.tsv", ("label", "sentence"), [("0", "a"), ("1", "b")])
+    with pytest.raises(SystemExit, match="val_size"):
+        sst2.main(["--dir", str(d), "--out_dir", str(tmp_path / "o"), "--val_size", "2"])
