@@ -249,7 +249,7 @@ class GPT(nn.Module):
         logits = self.lm_head(h)                                                         # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def key_values(self, idx=None, prefix_kv=None, prefix_mask=None, embeds=None) -> list[KV]:
@@ -316,6 +316,54 @@ class GPT(nn.Module):
                 if bool(done.all()):
                     break
         return idx
+
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, beam_width=5, prefix_kv=None, stop_token=None,
+                    length_penalty=1.0):
+        """Beam search for one prompt idx (1, T); returns the new tokens (list, stop token included).
+
+        Same cache as generate: it starts from the prefix, and each step keeps the cache rows of the
+        beams that survive (a gather along the batch axis). A hypothesis ends at stop_token; the best
+        finished one wins by  sum log p / length**length_penalty . Width 1 is greedy decoding.
+        """
+        if idx.size(0) != 1:
+            raise ValueError("beam_search takes one prompt at a time: idx must be (1, T)")
+        P = 0 if prefix_kv is None else self.check_prefix(prefix_kv)
+        room = self.config.block_size - P - idx.size(1)
+        if room < 1:
+            raise ValueError(f"prompt of {idx.size(1)} tokens plus prefix of {P} fills block_size "
+                             f"{self.config.block_size}: no room to generate")
+        max_new_tokens = min(max_new_tokens, room)
+        alive = idx.new_empty(1, 0)                                    # (beams, generated so far)
+        scores = torch.zeros(1, device=idx.device)                     # (beams,) sum of log-probs
+        finished = []                                                  # (tokens, score)
+        cache, todo = (prefix_kv if P else None), idx
+        for _ in range(max_new_tokens):
+            logits, cache, _ = self.step(todo, cache, None)            # (beams, vocab)
+            candidates = scores[:, None] + torch.log_softmax(logits.float(), dim=-1)
+            V = candidates.size(1)
+            top_scores, top_ids = candidates.view(-1).topk(min(2 * beam_width, candidates.numel()))
+            keep_beam, keep_tok, keep_score = [], [], []
+            for s, i in zip(top_scores.tolist(), top_ids.tolist()):
+                beam, tok = divmod(i, V)
+                if tok == stop_token:
+                    finished.append((alive[beam].tolist() + [tok], s))
+                else:
+                    keep_beam.append(beam), keep_tok.append(tok), keep_score.append(s)
+                if len(keep_beam) == beam_width:
+                    break
+            if len(finished) >= beam_width or not keep_beam:
+                break
+            rows = torch.tensor(keep_beam, device=idx.device)
+            todo = torch.tensor(keep_tok, device=idx.device)[:, None]          # (beams, 1)
+            alive = torch.cat([alive[rows], todo], dim=1)
+            scores = torch.tensor(keep_score, device=idx.device)
+            cache = [(k[rows], v[rows]) for k, v in cache]
+        else:
+            finished += [(alive[b].tolist(), scores[b].item()) for b in range(alive.size(0))]
+        if not finished:  # every surviving beam was cut by the finish rule above; keep them
+            finished = [(alive[b].tolist(), scores[b].item()) for b in range(alive.size(0))]
+        return max(finished, key=lambda f: f[1] / max(len(f[0]), 1) ** length_penalty)[0]
 
 
 def sample_next(logits, temperature=1.0, top_k=None):

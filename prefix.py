@@ -17,11 +17,11 @@ and what they return is a plain `prefix_kv` that GPT.forward and GPT.generate ta
                    computes from E — a prefix constrained to be reachable from the input layer.
 """
 import hashlib
-import os
 
 import torch
 import torch.nn as nn
 
+from checkpoint import atomic_torch_save, safe_torch_load
 from model import GPT, GPTConfig
 
 PREFIX_FORMAT = "prefixgpt-prefix/1"
@@ -198,14 +198,6 @@ def weights_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_torch_save(obj, path: str):
-    """Write to path.tmp, then rename: a crash mid-write never leaves a half-written file at path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_prefix(path: str, prefix: nn.Module, tokenizer: str, base_fingerprint: str | None = None,
                 metrics: dict | None = None):
     """Save the prefix's tensors and what it needs to fit a model (dimensions, P, method, tokenizer)."""
@@ -222,21 +214,6 @@ def save_prefix(path: str, prefix: nn.Module, tokenizer: str, base_fingerprint: 
         "metrics": metrics or {},
         "state": {k: v.detach().cpu() for k, v in prefix.state_dict().items()},
     }, path)
-
-
-def safe_torch_load(path: str, what: str = "file"):
-    """torch.load that never runs pickled code, with one-line errors for missing or damaged files."""
-    import pickle
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"refusing to load {path}: it holds pickled objects beyond tensors and plain "
-                         f"data, which could run code ({str(e).splitlines()[0][:120]})") from None
-    except Exception as e:  # truncated or not a torch file at all
-        raise ValueError(f"cannot read {what} {path}: it is corrupt or not a torch file "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
 def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):

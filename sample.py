@@ -1,0 +1,93 @@
+"""
+sample.py — generate text from a checkpoint, optionally steered by one or more prefixes.
+
+    python sample.py --ckpt=out/shakespeare_baby/best.pt --prompt="ROMEO:" --num_samples=2
+    python sample.py --ckpt=out/main/base.pt --prefix=out/main/e2e_prefix.pt,other.pt --with_base
+    python sample.py --help
+
+Decoding uses the KV cache, which starts from the prefix (a prefix *is* a learned KV cache). With
+several prefixes every (prefix, sample) pair is a row of one mixed batch; each sample is labelled.
+"""
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from checkpoint import load_model
+from cli import main_guard, parse
+from data.tokenizer import get_tokenizer
+from prefix import batch_prefixes, load_prefix, weights_fingerprint
+
+
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/shakespeare_baby/best.pt"
+    prefix: list[str] = field(default_factory=list)   # prefix files, comma-separated
+    with_base: bool = False        # also sample the frozen base without any prefix, in the same batch
+    prompt: str = "\n"             # text, or FILE:path to read it from a file
+    num_samples: int = 2
+    max_new_tokens: int = 200
+    temperature: float = 0.8       # 0 = greedy
+    top_k: int | None = 200
+    seed: int = 1337
+    stop_at_eot: bool = False      # stop a sample at the tokenizer's end marker ("\n" for bytes)
+    device: str = "cpu"
+
+
+def read_prompt(prompt: str) -> str:
+    if prompt.startswith("FILE:"):
+        with open(prompt[5:], encoding="utf-8") as f:
+            return f.read()
+    return prompt
+
+
+def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list[str], num_samples: int,
+                     max_new_tokens: int, temperature: float, top_k, stop_at_eot=False):
+    """One batch: rows = every prefix (None = no prefix) × num_samples. Returns [(label, text)]."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty: pass --prompt=... (the byte tokenizer accepts '\\n')")
+    rows = [i for i in range(len(prefixes)) for _ in range(num_samples)]
+    idx = torch.tensor([ids] * len(rows), dtype=torch.long, device=device)
+    prefix_kv = prefix_mask = None
+    if any(p is not None for p in prefixes):
+        with torch.no_grad():
+            kvs = [None if p is None else p(model) for p in prefixes]
+        prefix_kv, prefix_mask = batch_prefixes(kvs, rows)
+    stop = tokenizer.eot_token if stop_at_eot else None
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                         prefix_kv=prefix_kv, prefix_mask=prefix_mask, stop_token=stop)
+    results = []
+    for row, i in enumerate(rows):
+        new = out[row, len(ids):].tolist()
+        if stop is not None and stop in new:
+            new = new[:new.index(stop)]
+        results.append((labels[i], tokenizer.decode(new)))
+    return results
+
+
+def main(argv):
+    cfg = SampleConfig()
+    parse(argv, cfg, prog="sample.py", description=__doc__.split("\n\n")[0])
+    torch.manual_seed(cfg.seed)
+    model, ckpt = load_model(cfg.ckpt, cfg.device)
+    tokenizer = get_tokenizer(ckpt["tokenizer"])
+    prefixes, labels = [], []
+    if cfg.with_base or not cfg.prefix:
+        prefixes.append(None)
+        labels.append("no prefix")
+    fingerprint = weights_fingerprint(model) if cfg.prefix else None
+    for path in cfg.prefix:
+        prefix, _ = load_prefix(path, model, tokenizer=tokenizer.name, base_fingerprint=fingerprint)
+        prefixes.append(prefix.to(cfg.device).eval())
+        labels.append(os.path.basename(path))
+    prompt = read_prompt(cfg.prompt)
+    for label, text in generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,
+                                        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.stop_at_eot):
+        print(f"--- [{label}] ---")
+        print(prompt + text)
+
+
+if __name__ == "__main__":
+    main_guard(main)
