@@ -1,0 +1,132 @@
+"""
+data/tasks.py — task data for prefix tuning and evaluation.
+
+Two formats:
+  * JSONL, one object per line: {"prompt": ..., "completion": ...}. The model reads
+    prompt + completion + end marker; the loss counts only the completion and the end marker
+    (targets of -1 elsewhere), so the prefix learns to *answer*, not to model the question.
+  * Plain text (.txt, or a .bin prepared with the base's tokenizer): cut into windows; the loss
+    counts every token.
+
+Every error names the file and line and says what to fix.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+
+class TaskExample:
+    """tokens (list[int]) and n_prompt: tokens[:n_prompt] is the prompt (no loss on it)."""
+
+    __slots__ = ("tokens", "n_prompt", "prompt", "completion", "label")
+
+    def __init__(self, tokens, n_prompt, prompt="", completion="", label=None):
+        self.tokens, self.n_prompt = tokens, n_prompt
+        self.prompt, self.completion, self.label = prompt, completion, label
+
+
+def read_jsonl(path: str, need=("prompt", "completion")) -> list[dict]:
+    """Parse a JSONL file; each line must be an object with the `need` fields as strings."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"task file not found: {path} (the data/<task>/prepare.py scripts make them)")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: each line must be a JSON object with {' and '.join(need)}")
+            for key in need:
+                if not isinstance(row.get(key), str):
+                    raise ValueError(f"{path}:{n}: missing or non-string {key!r} "
+                                     f"(each line needs {', '.join(repr(k) for k in need)})")
+            row["_line"] = n
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no examples")
+    return rows
+
+
+def load_task(path: str, tokenizer, max_len: int, max_examples: int = 0) -> tuple[list[TaskExample], int]:
+    """Examples from a .jsonl or .txt file, each at most max_len tokens (block_size minus the prefix).
+
+    Returns (examples, n_truncated): a completion that runs past max_len is cut (it loses its end
+    marker) and counted; a prompt that leaves no room for a completion is an error.
+    """
+    if path.endswith(".txt") or path.endswith(".bin"):
+        ids = _read_text_ids(path, tokenizer)
+        examples = [TaskExample(ids[i:i + max_len], 0) for i in range(0, len(ids) - 1, max_len)]
+        examples = [e for e in examples if len(e.tokens) >= 2]
+        return (examples[:max_examples] if max_examples else examples), 0
+    examples, truncated = [], 0
+    for row in read_jsonl(path):
+        prompt_ids = tokenizer.encode(row["prompt"])
+        completion_ids = tokenizer.encode(row["completion"]) + [tokenizer.eot_token]
+        if len(prompt_ids) + 1 > max_len:
+            raise ValueError(f"{path}:{row['_line']}: the prompt is {len(prompt_ids)} tokens, which leaves no "
+                             f"room for a completion in {max_len} (block_size minus the prefix length): "
+                             "shorten it or use a shorter prefix")
+        tokens = prompt_ids + completion_ids
+        if len(tokens) > max_len:
+            tokens, truncated = tokens[:max_len], truncated + 1
+        examples.append(TaskExample(tokens, len(prompt_ids), row["prompt"], row["completion"], row.get("label")))
+        if max_examples and len(examples) >= max_examples:
+            break
+    return examples, truncated
+
+
+def _read_text_ids(path: str, tokenizer) -> list[int]:
+    """Token ids of a plain-text task: a .txt file (tokenized here) or a prepared .bin file, whose
+    meta.json must name the same tokenizer as the base model."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"task file not found: {path}")
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            ids = tokenizer.encode(f.read())
+    else:
+        meta_path = os.path.join(os.path.dirname(path), "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"{meta_path} not found: a .bin task needs the meta.json its prepare script wrote")
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("tokenizer") != tokenizer.name:
+            raise ValueError(f"{path} holds {meta.get('tokenizer')!r} tokens but the base model uses the "
+                             f"{tokenizer.name!r} tokenizer: prepare it again with --tokenizer {tokenizer.name}")
+        ids = np.fromfile(path, dtype=np.dtype(meta["dtype"])).tolist()
+    if len(ids) < 2:
+        raise ValueError(f"{path} holds no text")
+    return ids
+
+
+def collate(examples: list[TaskExample], device="cpu"):
+    """Right-pad a batch. x (B, T) inputs; y (B, T) next-token targets, -1 on prompt and padding.
+
+    Padding at the end is safe without a mask: attention is causal, so real positions never see it.
+    """
+    T = max(len(e.tokens) for e in examples) - 1
+    x = torch.zeros(len(examples), T, dtype=torch.long)
+    y = torch.full((len(examples), T), -1, dtype=torch.long)
+    for b, e in enumerate(examples):
+        seq = torch.tensor(e.tokens, dtype=torch.long)
+        n = len(e.tokens) - 1
+        x[b, :n] = seq[:-1]
+        y[b, :n] = seq[1:]
+        y[b, :max(e.n_prompt - 1, 0)] = -1   # target t predicts token t+1: prompt tokens are not targets
+    return x.to(device), y.to(device)
+
+
+def batches(examples, batch_size, seed=0):
+    """Endless shuffled batches, epoch after epoch."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield [examples[j] for j in order[i:i + batch_size]]

@@ -1,0 +1,221 @@
+"""finetune_prefix.py, data/tasks.py, evaluate.py: the base stays frozen, only completions count,
+decoding and scoring work end to end, and bad task input is a clear error."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from checkpoint import load_model
+from data.shakespeare.prepare import prepare
+from data.tasks import collate, load_task
+from data.tokenizer import ByteTokenizer
+from prefix import PrefixTuning, save_prefix, weights_fingerprint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = ByteTokenizer()
+MRS = [("name[Blue Spice], food[Chinese]", " Blue Spice serves Chinese food."),
+       ("name[The Mill], area[riverside]", " The Mill is by the riverside."),
+       ("name[Zizzi], food[Italian]", " Zizzi is an Italian place."),
+       ("name[Loch Fyne], area[city centre]", " Loch Fyne is in the city centre.")]
+
+
+def run(script, *args, check=True):
+    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check:
+        assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny base pretrained for a few steps on E2E-like text, and a task split."""
+    d = tmp_path_factory.mktemp("ft")
+    text = "".join(ref.strip() + "\n" for _, ref in MRS) * 200
+    prepare(text, TOK, str(d / "corpus"))
+    run("train.py", f"--data_dir={d}/corpus", f"--out_dir={d}/base", "--n_layer=2", "--n_head=2", "--n_embd=32",
+        "--block_size=96", "--batch_size=4", "--max_iters=30", "--eval_interval=30", "--eval_iters=2",
+        "--learning_rate=3e-3", "--plot=false", "--device=cpu")
+    rows = [{"prompt": f"{mr} ||", "completion": ref} for mr, ref in MRS]
+    train = write_jsonl(d / "train.jsonl", rows * 3)
+    val = write_jsonl(d / "val.jsonl", rows)
+    return {"dir": d, "base": str(d / "base" / "best.pt"), "train": train, "val": val}
+
+
+def finetune(setup, out, *extra, check=True):
+    return run("finetune_prefix.py", f"--base={setup['base']}", f"--train_file={setup['train']}",
+               f"--val_file={setup['val']}", f"--out_dir={out}", "--n_prefix=4", "--batch_size=4",
+               "--max_iters=30", "--eval_interval=10", "--log_interval=10", "--learning_rate=3e-2",
+               "--device=cpu", *extra, check=check)
+
+
+# -- the loss counts completion tokens only ------------------------------------------------------
+
+def test_prompt_tokens_are_not_targets(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "ab", "completion": "xyz"}])
+    (ex,), _ = load_task(path, TOK, max_len=50)
+    x, y = collate([ex])
+    assert x.tolist() == [TOK.encode("abxyz")]                          # inputs: everything but the last token
+    assert y.tolist() == [[-1] + TOK.encode("xyz") + [TOK.eot_token]]   # targets: completion + end marker
+
+
+def test_prompt_tokens_contribute_nothing_to_the_loss(setup):
+    model, _ = load_model(setup["base"])
+    (ex,), _ = load_task(write_jsonl(setup["dir"] / "one.jsonl", [{"prompt": "zzz ||", "completion": " The Mill"}]),
+                         TOK, 90)
+    x, y = collate([ex])
+    _, loss = model(x, y)
+    logp = torch.log_softmax(model(x)[0][0], -1)
+    n_prompt = len(TOK.encode("zzz ||"))
+    completion = TOK.encode(" The Mill") + [TOK.eot_token]
+    manual = -sum(logp[n_prompt - 1 + i, t] for i, t in enumerate(completion)) / len(completion)
+    torch.testing.assert_close(loss, manual, atol=1e-5, rtol=0)
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["prefix", "prefix-reparam", "prompt"])
+def test_finetune_lowers_val_loss_and_keeps_the_base_bit_identical(setup, tmp_path, method):
+    base_bytes = open(setup["base"], "rb").read()
+    res = finetune(setup, tmp_path / method, f"--method={method}", "--reparam_hidden=32")
+    assert "bit-identical" in res.stdout
+    assert open(setup["base"], "rb").read() == base_bytes
+    summary = json.load(open(tmp_path / method / "summary.json"))
+    assert summary["best_val_loss"] < summary["val_loss_before"]
+    for name in ("prefix.pt", "metrics.jsonl", "loss.png", "config.json"):
+        assert (tmp_path / method / name).exists()
+    saved = torch.load(tmp_path / method / "prefix.pt", weights_only=True)
+    assert saved["method"] == ("prefix" if method == "prefix-reparam" else method)   # reparam is folded
+    assert saved["metrics"]["val_loss"] == summary["best_val_loss"]
+
+
+def test_text_initialised_prefix_starts_as_those_words(setup, tmp_path):
+    res = finetune(setup, tmp_path / "init", "--init=text", "--init_text=name[", "--max_iters=0")
+    assert res.returncode == 0
+    model, _ = load_model(setup["base"])
+    blob = torch.load(tmp_path / "init" / "prefix.pt", weights_only=True)
+    kv = model.key_values(torch.tensor([TOK.encode("name")]))
+    torch.testing.assert_close(blob["state"]["prefix"][0, 0], kv[0][0][0], atol=1e-6, rtol=0)
+
+
+def test_an_existing_prefix_is_not_overwritten(setup, tmp_path):
+    finetune(setup, tmp_path / "p", "--max_iters=2")
+    before = (tmp_path / "p" / "prefix.pt").read_bytes()
+    res = finetune(setup, tmp_path / "p", "--max_iters=2", check=False)
+    assert res.returncode == 1 and "--overwrite" in res.stderr
+    assert (tmp_path / "p" / "prefix.pt").read_bytes() == before
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+def test_beam_search_of_width_one_is_greedy(setup):
+    model, _ = load_model(setup["base"])
+    prefix = PrefixTuning(model.config, 3)
+    torch.nn.init.normal_(prefix.prefix, std=1.0)
+    for text in ("name[The Mill] ||", "Zizzi"):
+        idx = torch.tensor([TOK.encode(text)])
+        greedy = model.generate(idx, 30, temperature=0, prefix_kv=prefix(model), stop_token=TOK.eot_token)
+        greedy = greedy[0, idx.size(1):].tolist()
+        if TOK.eot_token in greedy:
+            greedy = greedy[:greedy.index(TOK.eot_token) + 1]
+        assert model.beam_search(idx, 30, beam_width=1, prefix_kv=prefix(model), stop_token=TOK.eot_token) == greedy
+
+
+def test_wider_beams_find_sequences_at_least_as_likely(setup):
+    """With no length penalty, beam search's answer scores at least as high as greedy's."""
+    model, _ = load_model(setup["base"])
+    idx = torch.tensor([TOK.encode("name[Zizzi], food[Italian] ||")])
+
+    def logprob(tokens):
+        seq = torch.cat([idx, torch.tensor([tokens])], 1)
+        logp = torch.log_softmax(model(seq[:, :-1])[0][0], -1)
+        return sum(logp[idx.size(1) - 1 + i, t].item() for i, t in enumerate(tokens))
+
+    greedy = model.beam_search(idx, 12, beam_width=1, length_penalty=0.0)
+    beam = model.beam_search(idx, 12, beam_width=4, length_penalty=0.0)
+    assert len(greedy) == len(beam) == 12
+    assert logprob(beam) >= logprob(greedy) - 1e-4
+
+
+def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
+    finetune(setup, tmp_path / "p", "--max_iters=10")
+    out = tmp_path / "completions.jsonl"
+    res = run("evaluate.py", "--mode=generate", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
+              f"--data={setup['train']}", f"--out={out}", "--beam=2", "--max_new_tokens=20")
+    rows = [json.loads(line) for line in open(out, encoding="utf-8")]
+    assert [r["prompt"] for r in rows] == [f"{mr} ||" for mr, _ in MRS]   # one per distinct prompt
+    assert "BLEU-4" in res.stdout and "over 4 prompts" in res.stdout
+    res = run("evaluate.py", "--mode=loss", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
+              f"--data={setup['val']}")
+    assert "perplexity" in res.stdout
+
+
+def test_classification_by_label_likelihood(setup, tmp_path):
+    data = write_jsonl(tmp_path / "cls.jsonl", [{"prompt": "The Mill is by the", "completion": " riverside."},
+                                                {"prompt": "Zizzi is an", "completion": " Italian place."}])
+    res = run("evaluate.py", "--mode=classify", f"--ckpt={setup['base']}", f"--data={data}",
+              "--labels= riverside., Italian place.")
+    assert "accuracy" in res.stdout and "macro-F1" in res.stdout
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lines,message", [
+    ([{"prompt": "a"}], ":1: missing or non-string 'completion'"),
+    ([{"prompt": "a", "completion": "b"}, "{not json"], ":2: not valid JSON"),
+    ([], "holds no examples"),
+    ([{"prompt": "x" * 200, "completion": "b"}], ":1: the prompt is 200 tokens"),
+])
+def test_bad_task_files_name_the_file_and_line(setup, tmp_path, lines, message):
+    bad = write_jsonl(tmp_path / "bad.jsonl", lines)
+    res = run("finetune_prefix.py", f"--base={setup['base']}", f"--train_file={bad}", f"--val_file={setup['val']}",
+              f"--out_dir={tmp_path}/o", "--n_prefix=4", check=False)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "bad.jsonl" in res.stderr and message in res.stderr
+    assert not (tmp_path / "o" / "prefix.pt").exists()
+
+
+def test_a_prefix_for_another_base_is_refused(setup, tmp_path):
+    model, _ = load_model(setup["base"])
+    torch.manual_seed(5)
+    other = PrefixTuning(model.config, 4)
+    path = str(tmp_path / "other.pt")
+    save_prefix(path, other, "byte", base_fingerprint="0123456789abcdef")
+    res = run("sample.py", f"--ckpt={setup['base']}", f"--prefix={path}", check=False)
+    assert res.returncode == 1 and "another base model" in res.stderr
+    save_prefix(path, other, "gpt2", base_fingerprint=weights_fingerprint(model))
+    res = run("evaluate.py", f"--ckpt={setup['base']}", f"--prefix={path}", f"--data={setup['val']}", check=False)
+    assert res.returncode == 1 and "'gpt2' tokenizer" in res.stderr
+
+
+def test_a_task_tokenized_differently_from_the_base_is_refused(setup, tmp_path):
+    d = tmp_path / "gpt2data"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}))
+    (d / "train.bin").write_bytes(b"\x01\x00" * 100)
+    res = run("finetune_prefix.py", f"--base={setup['base']}", f"--train_file={d}/train.bin",
+              f"--val_file={setup['val']}", f"--out_dir={tmp_path}/o", check=False)
+    assert res.returncode == 1 and "'gpt2' tokens but the base model uses the 'byte' tokenizer" in res.stderr
+
+
+def test_sample_with_two_prefixes_in_one_mixed_batch(setup, tmp_path):
+    model, _ = load_model(setup["base"])
+    paths = []
+    for n in (2, 5):
+        p = PrefixTuning(model.config, n)
+        torch.nn.init.normal_(p.prefix, std=1.0)
+        paths.append(str(tmp_path / f"p{n}.pt"))
+        save_prefix(paths[-1], p, "byte", weights_fingerprint(model))
+    res = run("sample.py", f"--ckpt={setup['base']}", f"--prefix={','.join(paths)}", "--with_base",
+              "--prompt=name[", "--num_samples=1", "--max_new_tokens=10", "--temperature=0")
+    for label in ("[no prefix]", "[p2.pt]", "[p5.pt]"):
+        assert label in res.stdout
