@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, safe_torch_load
 from cli import main_guard, parse, save_json
@@ -216,7 +217,6 @@ def main(argv):
     rank, world = 0, 1
     device = pick_device(cfg.device)
     if ddp:
-        import torch.distributed as dist
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -322,6 +322,17 @@ def main(argv):
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    def should_stop() -> bool:
+        """True when any process got a signal. Under DDP the ranks must agree: one rank leaving the
+        loop while another waits in the next gradient all-reduce would hang both."""
+        if not ddp:
+            return stop["signal"] is not None
+        flag = torch.tensor([0.0 if stop["signal"] is None else float(stop["signal"])], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and stop["signal"] is None:
+            stop["signal"] = int(flag.item())
+        return flag.item() > 0
+
     def evaluate():
         nonlocal best_val
         losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg,
@@ -392,7 +403,7 @@ def main(argv):
                 last_eval = evaluate()
                 t_eval += time.time() - t0
                 t_last = time.time()
-            if stop["signal"] is not None:
+            if should_stop():
                 break
     except FloatingPointError as e:
         raise ValueError(f"{e}: training diverged; the last good checkpoint is kept in {cfg.out_dir} "
@@ -404,7 +415,7 @@ def main(argv):
             save(last_path, float("nan") if last_eval is None else last_eval["val"])
         say(f"stopped by signal {stop['signal']} at iteration {iter_num}; saved {last_path}. "
             "Continue with the same command plus --resume.")
-        raise SystemExit(130)
+        leave(130, ddp)
     if master:
         if last_eval is None or cfg.eval_interval <= 0:
             save(last_path, float("nan"))
@@ -421,9 +432,21 @@ def main(argv):
         say(f"done: {done} iterations in {elapsed:.1f} s ({elapsed - t_eval:.1f} s training, "
             f"{summary['ms_per_iter']:.1f} ms/iter) | val loss final {val}, best {best_val:.4f} "
             f"(estimates) | whole val split {full_val:.4f} | {cfg.out_dir}")
+    leave(0, ddp)
+
+
+def leave(status: int, ddp: bool):
+    """End the run. Under DDP: wait until every rank is done (rank 0 writes the last checkpoint and
+    summary), flush, and exit at once. Running torch's destructors instead can deadlock: Gloo's process
+    group joins its worker thread while holding the GIL, and that thread may still need the GIL to free
+    its last finished work item (seen here with 2 CPU processes under load). All files are closed by now."""
     if ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

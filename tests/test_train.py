@@ -68,16 +68,53 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
         assert a[it] == b[it], (it, a[it], b[it])
 
 
+def read_proc(pid, name):
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read()
+
+
+def worker_pids(text):
+    """Processes whose command line contains text (a launcher and its workers)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text.encode() in read_proc(pid, "cmdline") and b"train.py" in read_proc(pid, "cmdline"):
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def kill_processes_mentioning(text):
+    for pid in worker_pids(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def test_two_process_data_parallel_run_with_gloo(corpus, tmp_path):
     out = str(tmp_path / "ddp")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=6",
-                          "--lr_decay_iters=6", "--eval_interval=6", "--plot=false", *TINY],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "device cpu x2" in res.stdout
-    assert "256 tokens/iter" in res.stdout            # 4 sequences × 32 tokens × 2 processes
+    # Output goes to a file, not a pipe: torchrun starts each worker in a session of its own, so after a
+    # timeout a stuck worker would keep a pipe open and the test would hang instead of failing.
+    log_path = tmp_path / "ddp.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2", "train.py", f"--data_dir={corpus}", f"--out_dir={out}",
+                                 "--max_iters=6", "--lr_decay_iters=6", "--eval_interval=6", "--plot=false", *TINY],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            kill_processes_mentioning(out)
+            proc.kill()
+            proc.wait()
+            pytest.fail("the 2-process run did not finish in 240 s:\n" + log_path.read_text())
+    stdout = log_path.read_text()
+    assert proc.returncode == 0, stdout
+    assert "device cpu x2" in stdout
+    assert "256 tokens/iter" in stdout                # 4 sequences × 32 tokens × 2 processes
     assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["iter_num"] == 6
 
 
@@ -98,6 +135,34 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, tmp_path):
     assert it >= 5
     res = run("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--resume", f"--max_iters={it + 2}")
     assert f"iteration {it}" in res.stdout
+
+
+def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(corpus, tmp_path):
+    # Without agreeing on when to stop, the signalled rank leaves the loop and the other one waits
+    # forever in the next gradient all-reduce.
+    out = str(tmp_path / "ddp_stop")
+    log_path = tmp_path / "ddp_stop.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node=2", "train.py", f"--data_dir={corpus}", f"--out_dir={out}",
+                                 "--max_iters=100000", "--eval_interval=0", "--plot=false", *TINY],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.time() + 120
+            while "iter 5/" not in log_path.read_text() and time.time() < deadline:
+                time.sleep(0.2)
+            rank1 = [pid for pid in worker_pids(out) if b"RANK=1\0" in read_proc(pid, "environ")]
+            assert len(rank1) == 1, log_path.read_text()
+            os.kill(rank1[0], signal.SIGTERM)
+            proc.wait(timeout=120)
+        except (subprocess.TimeoutExpired, AssertionError):
+            kill_processes_mentioning(out)
+            proc.kill()
+            raise
+    text = log_path.read_text()
+    assert "stopped by signal 15" in text and "--resume" in text, text
+    assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["iter_num"] >= 5
 
 
 # -- bad input: one clear line, nothing overwritten ---------------------------------------------------
