@@ -1,5 +1,10 @@
 """
-data/bins.py — read a prepared corpus: train.bin / val.bin (flat token ids) and meta.json.
+data/bins.py — read a corpus written by data/shakespeare/prepare.py: meta.json + train.bin / val.bin.
+
+    from data.bins import load_bin
+    train, val, meta = load_bin("data/shakespeare")   # 1-D np.uint16 arrays of token ids, and meta.json
+
+Every problem (missing folder or file, empty or mismatched .bin) is one line that says how to remake it.
 """
 import json
 import os
@@ -10,21 +15,26 @@ PREPARE = "python data/shakespeare/prepare.py"
 
 
 def load_bin(data_dir: str):
-    """Returns (train ids, val ids, meta). Small corpora are read into memory; large ones are mapped."""
+    """Returns (train, val, meta): train/val are 1-D arrays of token ids, dtype meta["dtype"] (uint16 for
+    our tokenizers). A split under 256 MB is read into memory (Tiny Shakespeare is ~2 MB), so batches
+    never touch the disk; a larger one is memory-mapped, so a big corpus needs no RAM of its size."""
+    remake = f"make it with `{PREPARE} --out_dir {data_dir}`"
     meta_path = os.path.join(data_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{meta_path} not found: prepare the data first with `{PREPARE} "
-                                f"--out_dir {data_dir}`")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path} not found: {remake}")
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     splits = []
     for split in ("train", "val"):
         path = os.path.join(data_dir, f"{split}.bin")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: prepare the data first with `{PREPARE} --out_dir {data_dir}`")
-        data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
-        if len(data) == 0:
-            raise ValueError(f"{path} is empty: rerun `{PREPARE} --out_dir {data_dir}` on a non-empty text")
-        # under 256 MB: a plain array avoids re-reading pages from disk at every batch
-        splits.append(np.array(data) if data.nbytes < 2**28 else data)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {remake}")
+        if os.path.getsize(path) == 0:   # (np.memmap refuses an empty file with a cryptic error)
+            raise ValueError(f"{path} is empty: {remake} from a non-empty text")
+        ids = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        # a .bin left from another run (other tokenizer or text) would silently train on garbage
+        expected = meta.get(f"{split}_tokens", len(ids))
+        if len(ids) != expected:
+            raise ValueError(f"{path} holds {len(ids)} tokens but meta.json says {expected}: {remake}")
+        splits.append(np.array(ids) if ids.nbytes < 2**28 else ids)
     return splits[0], splits[1], meta

@@ -1,4 +1,9 @@
-"""data/tokenizer.py, data/shakespeare/prepare.py, data/bins.py."""
+"""Tests of data/tokenizer.py, data/shakespeare/prepare.py and data/bins.py on small hand-made texts.
+
+    TIKTOKEN_CACHE_DIR=<folder with tiktoken's GPT-2 files> .venv/bin/python -m pytest -q tests/test_data.py
+
+No network: the CLI runs get --input, and the GPT-2 test needs the tiktoken files (cached or online).
+"""
 import json
 import os
 import subprocess
@@ -9,27 +14,50 @@ import pytest
 
 from data.bins import load_bin
 from data.shakespeare.prepare import fallback_corpus, prepare
-from data.tokenizer import ByteTokenizer, get_tokenizer
+from data.tokenizer import ByteTokenizer, get_tokenizer, token_dtype
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_prepare(*args, module=False):
+    """Run the CLI from the repo root, as a user would; returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", "data.shakespeare.prepare"] if module else [sys.executable, "data/shakespeare/prepare.py"]
+    env = {k: v for k, v in os.environ.items() if k != "PREFIXGPT_SHAKESPEARE"}  # only what the test passes
+    return subprocess.run(cmd + list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_byte_tokenizer_round_trips_any_text():
-    tok = ByteTokenizer()
+    tok = get_tokenizer("byte")
+    assert (tok.name, tok.vocab_size, tok.eot_token) == ("byte", 256, 10)
     text = "naïve café — 東京\n"
     ids = tok.encode(text)
-    assert len(ids) == len(text.encode("utf-8")) == 24
+    assert len(ids) == len(text.encode("utf-8")) == 24       # ï é: 2 bytes, — 東 京: 3 bytes each
     assert max(ids) < 256 and tok.decode(ids) == text
-    assert tok.encode("To be") == [84, 111, 32, 98, 101]  # ASCII: one token per character
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == text  # decodes ids read back from a .bin
+    assert tok.encode("To be") == [84, 111, 32, 98, 101]     # ASCII: one token per character
+    assert tok.decode(ids[:-3]).endswith("\ufffd")           # a cut multi-byte character: U+FFFD, no error
 
 
 def test_gpt2_tokenizer_matches_gpt2():
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        pytest.fail("set TIKTOKEN_CACHE_DIR to a folder with tiktoken's GPT-2 files (CI uses ../shared/tiktoken_cache)")
-    tok = get_tokenizer("gpt2")
+    try:
+        tok = get_tokenizer("gpt2")
+    except ValueError as e:  # not a skip: the GPT-2 path must be tested
+        pytest.fail(f"the GPT-2 tokenizer cannot be tested: {e}")
+    assert (tok.name, tok.vocab_size, tok.eot_token) == ("gpt2", 50257, 50256)
     assert tok.encode("Hello world") == [15496, 995]
-    assert tok.decode(tok.encode("naïve café")) == "naïve café"
-    assert tok.eot_token == 50256 and tok.vocab_size == 50257
+    assert tok.decode(tok.encode("naïve café — 東京")) == "naïve café — 東京"
+    assert 50256 not in tok.encode("a <|endoftext|> b")     # plain text: never the special token
+
+
+def test_gpt2_tokenizer_without_its_files_says_what_to_do(monkeypatch):
+    import tiktoken
+
+    def no_files(name):  # what tiktoken does offline with no cached files
+        raise OSError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", no_files)
+    with pytest.raises(ValueError, match="TIKTOKEN_CACHE_DIR") as e:
+        get_tokenizer("gpt2")
+    assert "\n" not in str(e.value) and "byte tokenizer" in str(e.value)
 
 
 def test_unknown_tokenizer_names_the_choices():
@@ -37,39 +65,73 @@ def test_unknown_tokenizer_names_the_choices():
         get_tokenizer("char")
 
 
+def test_token_dtype():
+    assert token_dtype(256) == token_dtype(50257) == token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
 def test_prepare_splits_90_10_and_counts_exactly(tmp_path):
-    text = "".join(f"line {i}: é\n" for i in range(100))            # non-ASCII: 2 bytes for é
-    meta = prepare(text, ByteTokenizer(), str(tmp_path), extra_texts=["EXTRA"], extra_names=["x.txt"])
-    cut = int(len(text) * 0.9)
+    text = "".join(f"line {i}: é\n" for i in range(100))        # non-ASCII: é is 2 bytes
+    meta = prepare(text, ByteTokenizer(), str(tmp_path))
+    cut = int(len(text) * 0.9)                                    # split on characters, as nanoGPT
     train, val, meta2 = load_bin(str(tmp_path))
-    assert meta == meta2
-    assert meta["train_tokens"] == len(train) == len((text[:cut] + "\nEXTRA").encode("utf-8"))
+    assert meta == meta2 and meta["dtype"] == "uint16" and train.dtype == val.dtype == np.uint16
+    assert meta["train_tokens"] == len(train) == len(text[:cut].encode("utf-8"))
     assert meta["val_tokens"] == len(val) == len(text[cut:].encode("utf-8"))
-    assert train.dtype == np.uint16
-    assert bytes(train.tolist()).decode("utf-8").endswith("\nEXTRA")   # extra text: train only
-    assert "EXTRA" not in bytes(val.tolist()).decode("utf-8")
-    assert bytes(train.tolist()).decode("utf-8")[:cut] == text[:cut]
+    assert len(train) + len(val) == len(text.encode("utf-8"))
+    assert ByteTokenizer().decode(train) + ByteTokenizer().decode(val) == text  # round trip through the .bin
+    assert sorted(os.listdir(tmp_path)) == ["meta.json", "train.bin", "val.bin"]  # no *.tmp left
 
 
-def test_prepare_cli_writes_the_files_and_refuses_a_missing_input(tmp_path):
-    src = tmp_path / "in.txt"
+def test_extra_text_goes_to_train_only(tmp_path):
+    text = "To be, or not to be, that is the question.\n" * 10
+    meta = prepare(text, ByteTokenizer(), str(tmp_path), extra_texts=["EXTRA one", "EXTRA two"],
+                   extra_names=["a.txt", "b.txt"])
+    train, val, _ = load_bin(str(tmp_path))
+    train_text, val_text = ByteTokenizer().decode(train), ByteTokenizer().decode(val)
+    cut = int(len(text) * 0.9)
+    assert train_text == text[:cut] + "\nEXTRA one\nEXTRA two" and val_text == text[cut:]
+    assert meta["extra_text"] == ["a.txt", "b.txt"]
+
+
+def test_prepare_refuses_an_empty_corpus(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        prepare(" \n", ByteTokenizer(), str(tmp_path))
+
+
+def test_prepare_cli_writes_the_three_files(tmp_path):
+    src, extra = tmp_path / "in.txt", tmp_path / "extra.txt"
     src.write_text("To be, or not to be, that is the question.\n" * 20, encoding="utf-8")
-    out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "data/shakespeare/prepare.py", "--input", str(src), "--out_dir", str(out)],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
-    assert json.loads((out / "meta.json").read_text())["source"] == str(src)
-    res = subprocess.run([sys.executable, "data/shakespeare/prepare.py", "--input", str(tmp_path / "nope.txt"),
-                          "--out_dir", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode != 0 and "input file not found" in res.stderr and "nope.txt" in res.stderr
+    extra.write_text("name[The Eagle] The Eagle is a pub.\n", encoding="utf-8")
+    for module in (False, True):                                  # as a script and as `python -m`
+        out = tmp_path / f"out{int(module)}"
+        res = run_prepare("--input", str(src), "--out_dir", str(out), "--extra_text", str(extra), module=module)
+        assert res.returncode == 0, res.stderr
+        assert sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+        assert meta["source"] == str(src) and meta["extra_text"] == [str(extra)]
+        assert meta["train_tokens"] == 774 + 1 + 36 and meta["val_tokens"] == 86   # 860 bytes 90/10, + "\n" + extra
+
+
+def test_prepare_cli_missing_input_is_one_line_naming_it(tmp_path):
+    res = run_prepare("--input", str(tmp_path / "nope.txt"), "--out_dir", str(tmp_path / "out"))
+    assert res.returncode != 0 and res.stderr.count("\n") == 1
+    assert "input file not found" in res.stderr and "nope.txt" in res.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_bin_names_the_command_that_makes_the_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data/shakespeare/prepare.py"):
+    with pytest.raises(FileNotFoundError, match="meta.json not found.*data/shakespeare/prepare.py"):
+        load_bin(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="prepare.py"):
+        load_bin(str(tmp_path / "missing_folder"))
+    prepare("abcdefghij" * 10, ByteTokenizer(), str(tmp_path))
+    (tmp_path / "val.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"val.bin is empty.*data/shakespeare/prepare.py"):
         load_bin(str(tmp_path))
 
 
 def test_offline_fallback_corpus_is_always_there():
     text = fallback_corpus()
-    assert len(text) > 100_000 and "class" in text
+    assert isinstance(text, str) and len(text) > 100_000 and "class" in text
+    assert text == fallback_corpus()  # deterministic: the same corpus on every run

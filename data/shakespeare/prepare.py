@@ -1,18 +1,23 @@
 """
-Prepare a pretraining corpus: Tiny Shakespeare (plus optional unlabelled task text) → train.bin, val.bin.
+Prepare the pretraining corpus: Tiny Shakespeare (plus optional unlabelled task text) → train.bin, val.bin.
 
-    python data/shakespeare/prepare.py                          # download Tiny Shakespeare
-    python data/shakespeare/prepare.py --input input.txt        # or a local copy (or PREFIXGPT_SHAKESPEARE)
-    python data/shakespeare/prepare.py --tokenizer gpt2 --out_dir data/shakespeare_gpt2
+    python data/shakespeare/prepare.py                          # download Tiny Shakespeare (or reuse the cached copy)
+    python data/shakespeare/prepare.py --input input.txt        # a local copy (default: $PREFIXGPT_SHAKESPEARE)
+    python data/shakespeare/prepare.py --tokenizer gpt2         # GPT-2 BPE → data/shakespeare_gpt2
     python data/shakespeare/prepare.py --out_dir data/demo --extra_text data/e2e/train_text.txt
+    python -m data.shakespeare.prepare ...                      # the same, as a module
 
-The first 90% of the text is train, the last 10% val (as nanoGPT). --extra_text files go to train only:
-they let a base model learn to *read* a downstream task's text, never its validation or test text.
-Offline with no local copy, it falls back to the Python documentation that ships with CPython
-(pydoc_data.topics) and says so, so the rest of the pipeline still runs.
-Writes train.bin / val.bin (uint16 token ids) and meta.json, each atomically.
+The first 90% of the text is train, the last 10% val (as nanoGPT; --val_fraction changes it).
+--extra_text files (repeatable) are appended to train only: they let the base model learn to *read* a
+downstream task's training text; no task text ever goes into val.
+Where the text comes from: --input if given; else <out_dir>/input.txt if an earlier run downloaded it;
+else the official URL (then cached there); else, offline, the Python documentation that ships with
+CPython (pydoc_data.topics), with a one-line notice, so the rest of the pipeline still runs.
+Default --out_dir: data/shakespeare for the byte tokenizer, data/shakespeare_gpt2 for gpt2, so the two
+never overwrite each other. Writes train.bin / val.bin (token ids, uint16) and meta.json, each atomically.
 """
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -20,63 +25,82 @@ import urllib.request
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# run as a script, Python puts data/shakespeare/ on sys.path, not the repo root that holds data/
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 from data.tokenizer import get_tokenizer, token_dtype  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 def fallback_corpus() -> str:
-    """Text that is always on the machine: the topic help pages inside CPython (about 0.6 MB)."""
+    """Text that is on every machine with Python: CPython's help topics (pydoc_data.topics, ~0.7 MB
+    of English prose and code). Sorted keys, so the corpus is the same on every run."""
     from pydoc_data.topics import topics
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start})")
+
+
 def read_source(path: str | None, out_dir: str) -> tuple[str, str]:
-    """(text, where it came from): a local file, the official URL (cached in out_dir), or the fallback."""
+    """(text, where it came from): a local file, the cached or downloaded URL, or the offline fallback."""
     if path:
         if not os.path.isfile(path):
             raise SystemExit(f"error: input file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            return f.read(), path
+        return read_text(path), path
     cached = os.path.join(out_dir, "input.txt")
     if os.path.isfile(cached):
-        with open(cached, encoding="utf-8") as f:
-            return f.read(), cached
+        return read_text(cached), cached
     try:
         with urllib.request.urlopen(URL, timeout=10) as r:
             text = r.read().decode("utf-8")
-        os.makedirs(out_dir, exist_ok=True)
-        write_text(cached, text)
-        return text, URL
-    except OSError:
+    except (OSError, http.client.HTTPException, UnicodeDecodeError):  # no network, HTTP error, cut download
         print("offline and no --input: using CPython's documentation (pydoc_data.topics) as the corpus; "
-              "pass --input or set PREFIXGPT_SHAKESPEARE to use Tiny Shakespeare")
+              f"for Tiny Shakespeare pass --input FILE or set PREFIXGPT_SHAKESPEARE (it is at {URL})",
+              file=sys.stderr)
         return fallback_corpus(), "pydoc_data.topics"
+    os.makedirs(out_dir, exist_ok=True)
+    write_text(cached, text)  # only the real corpus is cached, never the fallback
+    return text, URL
 
 
 def write_text(path: str, text: str):
+    """Write via a temporary file and rename: an interrupted run never leaves half a file behind."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
     os.replace(tmp, path)
 
 
-def write_ids(path: str, ids, dtype):
+def write_ids(path: str, ids: list[int], dtype):
+    """Token ids as one raw array of `dtype` (no header, native byte order), as data/bins.py maps it back."""
     tmp = path + ".tmp"
     np.asarray(ids, dtype=dtype).tofile(tmp)
     os.replace(tmp, path)
 
 
-def prepare(text: str, tokenizer, out_dir: str, val_fraction=0.1, extra_texts=(), source="text",
-            extra_names=()) -> dict:
-    """Split, tokenize and write one corpus. Returns its metadata."""
+def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra_texts=(),
+            source: str = "text", extra_names=()) -> dict:
+    """Split `text` (first 1-val_fraction train, rest val), append extra_texts to train, tokenize,
+    write train.bin / val.bin / meta.json into out_dir. Returns the metadata written to meta.json."""
     if not text.strip():
-        raise SystemExit("error: the corpus is empty: pass a non-empty --input file")
+        raise ValueError(f"the corpus from {source} is empty: pass a non-empty --input file")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
+    # split the text, not the tokens, so a split never cuts a UTF-8 character or a BPE token in two
     cut = int(len(text) * (1 - val_fraction))
     train_text, val_text = text[:cut], text[cut:]
+    if not train_text.strip() or not val_text.strip():
+        raise ValueError(f"the corpus from {source} is too short to split: {len(text)} characters")
     for extra in extra_texts:
-        train_text += "\n" + extra
+        train_text += "\n" + extra  # newline: the extra text starts a line, not the middle of a word
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
     dtype = token_dtype(tokenizer.vocab_size)
     os.makedirs(out_dir, exist_ok=True)
@@ -85,32 +109,31 @@ def prepare(text: str, tokenizer, out_dir: str, val_fraction=0.1, extra_texts=()
     meta = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
             "train_tokens": len(train_ids), "val_tokens": len(val_ids), "source": source,
             "extra_text": list(extra_names)}
-    write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2) + "\n")
+    write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2) + "\n")  # last: marks "done"
     return meta
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     ap.add_argument("--input", default=os.environ.get("PREFIXGPT_SHAKESPEARE"),
-                    help="local text file (default: $PREFIXGPT_SHAKESPEARE, else download)")
+                    help="local UTF-8 text file (default: $PREFIXGPT_SHAKESPEARE, else download)")
     ap.add_argument("--tokenizer", default="byte", choices=["byte", "gpt2"])
     ap.add_argument("--out_dir", default=None, help="default data/shakespeare (data/shakespeare_gpt2 for gpt2)")
-    ap.add_argument("--extra_text", action="append", default=[], help="text file added to train only (repeatable)")
+    ap.add_argument("--extra_text", action="append", default=[], metavar="FILE",
+                    help="unlabelled text file appended to train only (repeatable)")
     ap.add_argument("--val_fraction", type=float, default=0.1)
     args = ap.parse_args(argv)
     out_dir = args.out_dir or ("data/shakespeare" if args.tokenizer == "byte" else "data/shakespeare_gpt2")
-    try:
-        tokenizer = get_tokenizer(args.tokenizer)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    text, source = read_source(args.input, out_dir)
-    extras = []
-    for path in args.extra_text:
+    for path in args.extra_text:  # check every file before a slow download or tokenization
         if not os.path.isfile(path):
             raise SystemExit(f"error: --extra_text file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            extras.append(f.read())
-    meta = prepare(text, tokenizer, out_dir, args.val_fraction, extras, source, args.extra_text)
+    try:
+        tokenizer = get_tokenizer(args.tokenizer)
+        text, source = read_source(args.input, out_dir)
+        meta = prepare(text, tokenizer, out_dir, args.val_fraction, [read_text(p) for p in args.extra_text],
+                       source, args.extra_text)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     print(f"{out_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']}, vocab {meta['vocab_size']}) from {source}"
           + (f" + {', '.join(args.extra_text)} (train only)" if args.extra_text else ""))
