@@ -12,7 +12,9 @@ demo.py — the main job, end to end on a CPU in a few minutes (`make demo` runs
 Every step is one of the project's own commands, printed before it runs, so each can be rerun alone.
 The demo's folders (data/e2e, data/demo, out/demo by default) are its own and are rebuilt each time.
 """
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -27,7 +29,7 @@ class DemoConfig:
     out_dir: str = "out/demo"
     pretrain_config: str = "config/demo_pretrain.toml"
     finetune_config: str = "config/finetune_e2e.toml"
-    prompt_iters: int = 300        # prompt tuning steps (prefix tuning uses the config's max_iters)
+    prompt_iters: int = 150        # prompt tuning steps (prefix tuning uses the config's max_iters)
     beam: int = 1                  # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
     quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
 
@@ -57,7 +59,8 @@ def main(argv):
     quick_eval = ["--max_examples=5", "--max_new_tokens=40"] if cfg.quick else []
 
     run([py, "data/e2e/prepare.py", "--out_dir", "data/e2e"])
-    run([py, "data/shakespeare/prepare.py", "--out_dir", "data/demo", "--extra_text", "data/e2e/train_text.txt"])
+    run([py, "data/shakespeare/prepare.py", "--out_dir", "data/demo", "--extra_text", "data/e2e/train_text.txt",
+         "--extra_text", "data/e2e/train_text.txt"])  # twice: the base sees more restaurant English
     run([py, "train.py", cfg.pretrain_config, f"--out_dir={out}/base", "--overwrite"] + quick_pre)
     base = f"{out}/base/best.pt"
     run([py, "finetune_prefix.py", cfg.finetune_config, f"--base={base}", f"--out_dir={out}/e2e_prefix",
@@ -65,22 +68,30 @@ def main(argv):
     run([py, "finetune_prefix.py", cfg.finetune_config, f"--base={base}", f"--out_dir={out}/e2e_prompt",
          "--method=prompt", f"--max_iters={cfg.prompt_iters}", "--overwrite"] + quick_ft)
 
-    scores = {}
-    for name, prefix in (("base, no prefix", ""), ("prefix tuning", f"{out}/e2e_prefix/prefix.pt"),
-                         ("prompt tuning", f"{out}/e2e_prompt/prefix.pt")):
+    bleu = {}
+    for name, prefix in (("base", ""), ("prefix", f"{out}/e2e_prefix/prefix.pt"),
+                         ("prompt", f"{out}/e2e_prompt/prefix.pt")):
         text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", f"--prefix={prefix}",
                     "--data=data/e2e/test.jsonl", f"--beam={cfg.beam}",
-                    f"--out={out}/completions_{name.split()[0]}.jsonl"] + quick_eval, capture=True)
-        scores[name] = text.strip().splitlines()[-1]
+                    f"--out={out}/completions_{name}.jsonl"] + quick_eval, capture=True)
+        bleu[name] = float(re.search(r"BLEU-4 ([0-9.]+)", text).group(1))
+        n_prompts = re.search(r"over (\d+) prompts", text).group(1)
 
     mr = "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside] ||"
     run([py, "sample.py", f"--ckpt={base}", f"--prefix={out}/e2e_prefix/prefix.pt,{out}/e2e_prompt/prefix.pt",
          "--with_base", f"--prompt={mr}", "--num_samples=1", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
-    print("\n=== E2E test set: the same frozen base, without and with a trained prefix ===")
-    for name, line in scores.items():
-        print(f"{name:>16}: {line}")
+    print(f"\n=== E2E test set ({n_prompts} MRs), one frozen base; BLEU-4 by "
+          f"{'greedy decoding' if cfg.beam == 1 else f'beam {cfg.beam}'} ===")
+    print(f"{'':16} {'trainable parameters':>22}   {'val loss: before -> best':>24}   {'BLEU-4':>6}")
+    print(f"{'base, no prefix':16} {'0':>22}   {'':>24}   {bleu['base']:6.2f}")
+    for name in ("prefix", "prompt"):
+        with open(f"{out}/e2e_{name}/summary.json", encoding="utf-8") as f:
+            summary = json.load(f)
+        params = f"{summary['trainable']:,} ({summary['percent']:.2f}%)"
+        losses = f"{summary['val_loss_before']:.3f} -> {summary['best_val_loss']:.3f}"
+        print(f"{name + ' tuning':16} {params:>22}   {losses:>24}   {bleu[name]:6.2f}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 

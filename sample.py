@@ -41,6 +41,17 @@ def read_prompt(prompt: str) -> str:
     return prompt
 
 
+def short_labels(paths: list[str]) -> list[str]:
+    """The file names, or as many trailing folders as it takes to tell them apart
+    (out/a/prefix.pt and out/b/prefix.pt become a/prefix.pt and b/prefix.pt)."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    for n in range(1, max((len(q) for q in parts), default=1) + 1):
+        labels = ["/".join(q[-n:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return paths
+
+
 def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list[str], num_samples: int,
                      max_new_tokens: int, temperature: float, top_k, stop_at_eot=False):
     """One batch: rows = every prefix (None = no prefix) × num_samples. Returns [(label, text)]."""
@@ -78,10 +89,10 @@ def main(argv):
         prefixes.append(None)
         labels.append("no prefix")
     fingerprint = weights_fingerprint(model) if cfg.prefix else None
-    for path in cfg.prefix:
+    for path, label in zip(cfg.prefix, short_labels(cfg.prefix)):
         prefix, _ = load_prefix(path, model, tokenizer=tokenizer.name, base_fingerprint=fingerprint)
         prefixes.append(prefix.to(cfg.device).eval())
-        labels.append(os.path.basename(path))
+        labels.append(label)
     prompt = read_prompt(cfg.prompt)
     for label, text in generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,
                                         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.stop_at_eot):

@@ -429,8 +429,9 @@ def main(argv):
         log.write(summary=summary)
         save_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         val = "n/a" if last_eval is None else f"{last_eval['val']:.4f}"
+        best = f"{best_val:.4f}" if math.isfinite(best_val) else "n/a"
         say(f"done: {done} iterations in {elapsed:.1f} s ({elapsed - t_eval:.1f} s training, "
-            f"{summary['ms_per_iter']:.1f} ms/iter) | val loss final {val}, best {best_val:.4f} "
+            f"{summary['ms_per_iter']:.1f} ms/iter) | val loss final {val}, best {best} "
             f"(estimates) | whole val split {full_val:.4f} | {cfg.out_dir}")
     leave(0, ddp)
 

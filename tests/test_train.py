@@ -248,3 +248,10 @@ def test_sample_generates_from_a_checkpoint(corpus, tmp_path):
     again = run("sample.py", f"--ckpt={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
                 "--seed=3")
     assert res.stdout == again.stdout
+
+
+def test_sample_labels_tell_prefix_files_apart():
+    from sample import short_labels
+    assert short_labels(["out/a.pt", "b.pt"]) == ["a.pt", "b.pt"]
+    assert short_labels(["out/e2e_prefix/prefix.pt", "out/e2e_prompt/prefix.pt"]) == \
+        ["e2e_prefix/prefix.pt", "e2e_prompt/prefix.pt"]
