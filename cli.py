@@ -9,7 +9,6 @@ never code: nothing is `exec`'d (nanoGPT's configurator runs config files as Pyt
 """
 import dataclasses
 import difflib
-import json
 import sys
 import tomllib
 import typing
@@ -139,12 +138,8 @@ def to_dict(*dataclass_instances) -> dict:
 
 def save_json(path, obj):
     """Atomic JSON write (tmp + rename)."""
-    import os
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    from data.files import write_json
+    write_json(path, obj)
 
 
 def main_guard(fn):

@@ -4,6 +4,7 @@
 
 No network: the CLI runs get --input, and the GPT-2 test needs the tiktoken files (cached or online).
 """
+import io
 import json
 import os
 import subprocess
@@ -135,3 +136,25 @@ def test_offline_fallback_corpus_is_always_there():
     text = fallback_corpus()
     assert isinstance(text, str) and len(text) > 100_000 and "class" in text
     assert text == fallback_corpus()  # deterministic: the same corpus on every run
+
+
+def test_atomic_writes_and_a_download_that_happens_once(tmp_path, monkeypatch):
+    import urllib.request
+    from data.files import download_once, write_atomic, write_json
+    write_atomic(str(tmp_path / "a.txt"), "naïve\n")
+    write_json(str(tmp_path / "m.json"), {"k": "é"})
+    assert (tmp_path / "a.txt").read_bytes() == "naïve\n".encode() and sorted(os.listdir(tmp_path)) == ["a.txt", "m.json"]
+    calls = []
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+    def fake_urlopen(url, timeout):
+        calls.append(url)
+        return Response(b"zip bytes")
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    target = str(tmp_path / "sub" / "f.zip")
+    download_once("https://example.org/f.zip", target)
+    download_once("https://example.org/f.zip", target)     # already there: no second fetch
+    assert calls == ["https://example.org/f.zip"] and open(target, "rb").read() == b"zip bytes"

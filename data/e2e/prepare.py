@@ -15,12 +15,19 @@ evaluation (metrics.group_references) finds the reference set of each MR.
 """
 import argparse
 import csv
+import http.client
 import io
 import json
 import os
 import random
-import urllib.request
+import sys
 import zipfile
+
+# run as a script, Python puts this folder on sys.path, not the repo root that holds data/
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.files import download_once, write_atomic, write_json  # noqa: E402
 
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
 OFFICIAL = {"train": "trainset.csv", "val": "devset.csv", "test": "testset_w_refs.csv"}
@@ -87,14 +94,6 @@ def to_example(mr: str, ref: str) -> dict:
     return {"prompt": f"{mr} ||", "completion": f" {ref}"}
 
 
-def write_atomic(path: str, text: str) -> None:
-    # write a temporary file then rename: an interrupted run never leaves a half-written file behind
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
     os.makedirs(out_dir, exist_ok=True)
@@ -106,25 +105,17 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
         meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows})}
     # only train text: pretraining on val/test references would leak the answers into the base model
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
-    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
 
 def download_official(out_dir: str, timeout: float = 30.0) -> dict[str, list]:
     """The official splits from the release zip (kept in out_dir, so a second run needs no network)."""
     zip_path = os.path.join(out_dir, "e2e-dataset.zip")
-    if not os.path.exists(zip_path):
-        os.makedirs(out_dir, exist_ok=True)
-        print(f"downloading {URL}")
-        try:
-            with urllib.request.urlopen(URL, timeout=timeout) as r:
-                data = r.read()
-        except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
-            raise SystemExit(f"could not download the E2E data ({e}); {HOW}") from None
-        with open(zip_path + ".tmp", "wb") as f:  # same tmp + rename as write_atomic
-            f.write(data)
-        os.replace(zip_path + ".tmp", zip_path)
-    splits = {}
+    try:
+        download_once(URL, zip_path, timeout)
+    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, cut short
+        raise SystemExit(f"could not download the E2E data ({e}); {HOW}") from None
     with zipfile.ZipFile(zip_path) as z:
         by_name = {os.path.basename(n): n for n in z.namelist()}  # members sit in a subfolder
         for split, name in OFFICIAL.items():

@@ -18,10 +18,8 @@ never overwrite each other. Writes train.bin / val.bin (token ids, uint16) and m
 """
 import argparse
 import http.client
-import json
 import os
 import sys
-import urllib.request
 
 import numpy as np
 
@@ -29,6 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from data.files import download_once, write_atomic, write_json  # noqa: E402
 from data.tokenizer import get_tokenizer, token_dtype  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -59,31 +58,18 @@ def read_source(path: str | None, out_dir: str) -> tuple[str, str]:
     if os.path.isfile(cached):
         return read_text(cached), cached
     try:
-        with urllib.request.urlopen(URL, timeout=10) as r:
-            text = r.read().decode("utf-8")
-    except (OSError, http.client.HTTPException, UnicodeDecodeError):  # no network, HTTP error, cut download
+        download_once(URL, cached, timeout=10)  # cached in out_dir: only the real corpus, never the fallback
+    except (OSError, http.client.HTTPException):  # no network, HTTP error, cut download
         print("offline and no --input: using CPython's documentation (pydoc_data.topics) as the corpus; "
               f"for Tiny Shakespeare pass --input FILE or set PREFIXGPT_SHAKESPEARE (it is at {URL})",
               file=sys.stderr)
         return fallback_corpus(), "pydoc_data.topics"
-    os.makedirs(out_dir, exist_ok=True)
-    write_text(cached, text)  # only the real corpus is cached, never the fallback
-    return text, URL
-
-
-def write_text(path: str, text: str):
-    """Write via a temporary file and rename: an interrupted run never leaves half a file behind."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return read_text(cached), URL
 
 
 def write_ids(path: str, ids: list[int], dtype):
     """Token ids as one raw array of `dtype` (no header, native byte order), as data/bins.py maps it back."""
-    tmp = path + ".tmp"
-    np.asarray(ids, dtype=dtype).tofile(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, np.asarray(ids, dtype=dtype).tobytes())
 
 
 def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra_texts=(),
@@ -109,7 +95,7 @@ def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra
     meta = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
             "train_tokens": len(train_ids), "val_tokens": len(val_ids), "source": source,
             "extra_text": list(extra_names)}
-    write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2) + "\n")  # last: marks "done"
+    write_json(os.path.join(out_dir, "meta.json"), meta)  # last: marks "done"
     return meta
 
 

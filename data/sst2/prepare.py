@@ -12,12 +12,19 @@ Splits: train.tsv -> train and a seeded held-out val (--val_size lines); dev.tsv
     meta.json                            "labels": [" negative", " positive"] (index = label), sizes, seed
 """
 import argparse
+import http.client
 import io
 import json
 import os
 import random
-import urllib.request
+import sys
 import zipfile
+
+# run as a script, Python puts this folder on sys.path, not the repo root that holds data/
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.files import download_once, write_atomic, write_json  # noqa: E402
 
 URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 LABELS = [" negative", " positive"]  # the candidate completions; index = label
@@ -77,14 +84,6 @@ def to_example(sentence: str, label: int) -> dict:
     return {"prompt": f"{sentence} Sentiment:", "completion": LABELS[label], "label": label}
 
 
-def write_atomic(path: str, text: str) -> None:
-    # write a temporary file then rename: an interrupted run never leaves a half-written file behind
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
     os.makedirs(out_dir, exist_ok=True)
@@ -97,24 +96,17 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
         meta["splits"][name] = {"lines": len(rows), "per_label": [sum(y == k for _, y in rows) for k in (0, 1)]}
     # only train sentences: val/test text in pretraining would be a (mild) leak
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(s + "\n" for s, _ in splits["train"]))
-    write_atomic(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
 
 def download_glue(out_dir: str, timeout: float = 30.0) -> tuple[list, list]:
     """(train rows, dev rows) from GLUE's zip (kept in out_dir, so a second run needs no network)."""
     zip_path = os.path.join(out_dir, "SST-2.zip")
-    if not os.path.exists(zip_path):
-        os.makedirs(out_dir, exist_ok=True)
-        print(f"downloading {URL}")
-        try:
-            with urllib.request.urlopen(URL, timeout=timeout) as r:
-                data = r.read()
-        except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
-            raise SystemExit(f"could not download SST-2 ({e}); {HOW}") from None
-        with open(zip_path + ".tmp", "wb") as f:  # same tmp + rename as write_atomic
-            f.write(data)
-        os.replace(zip_path + ".tmp", zip_path)
+    try:
+        download_once(URL, zip_path, timeout)
+    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, cut short
+        raise SystemExit(f"could not download SST-2 ({e}); {HOW}") from None
     with zipfile.ZipFile(zip_path) as z:
         by_name = {n.split("/")[-1]: n for n in z.namelist()}  # members sit in SST-2/
         if "train.tsv" not in by_name or "dev.tsv" not in by_name:
