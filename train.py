@@ -324,9 +324,12 @@ def main(argv):
 
     def should_stop() -> bool:
         """True when any process got a signal. Under DDP the ranks must agree: one rank leaving the
-        loop while another waits in the next gradient all-reduce would hang both."""
+        loop while another waits in the next gradient all-reduce would hang both. They agree at log
+        steps only, as reading the flag waits for the GPU and would stall every step."""
         if not ddp:
             return stop["signal"] is not None
+        if iter_num % cfg.log_interval != 0:
+            return False
         flag = torch.tensor([0.0 if stop["signal"] is None else float(stop["signal"])], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0 and stop["signal"] is None:
