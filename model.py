@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B or 1, nh, L, hd)
 
@@ -40,6 +39,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True       # GPT-2 has biases in Linear and LayerNorm layers
+    gelu: str = "exact"     # "exact" x·Φ(x), as nanoGPT; "tanh" is GPT-2's approximation, which its
+                            # checkpoints need. On CPU PyTorch's tanh form is ~2-3x slower (bench.py).
 
     @property
     def head_dim(self) -> int:
@@ -104,6 +105,9 @@ def prefix_attention_fast(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0
     elif T == 1:
         mask = None
     else:
+        # imported here, not at the top: that module loads torch._dynamo, about a second of start-up
+        # that every script would pay, though only a prefix or cache of several new tokens needs it
+        from torch.nn.attention.bias import causal_lower_right
         mask = causal_lower_right(T, P + T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
@@ -135,7 +139,9 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        if config.gelu not in ("exact", "tanh"):
+            raise ValueError(f"gelu must be 'exact' or 'tanh', got {config.gelu!r}")
+        self.gelu = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -163,3 +163,17 @@ def test_weights_are_tied_and_named_like_gpt2(tiny_model):
                  "transformer.h.0.ln_2.weight", "transformer.h.0.mlp.c_fc.weight",
                  "transformer.h.0.mlp.c_proj.weight", "transformer.ln_f.weight", "lm_head.weight"]:
         assert name in names
+
+
+def test_gelu_is_exact_by_default_and_gpt2s_tanh_form_on_request():
+    import math
+    from model import MLP
+    x = torch.linspace(-4, 4, 101)
+    exact = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8)).transformer.h[0].mlp.gelu
+    tanh = MLP(GPTConfig(n_layer=1, n_head=1, n_embd=8, gelu="tanh")).gelu
+    torch.testing.assert_close(exact(x), x * 0.5 * (1 + torch.erf(x / math.sqrt(2))), atol=1e-6, rtol=0)
+    gpt2 = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    torch.testing.assert_close(tanh(x), gpt2, atol=1e-6, rtol=0)
+    assert (exact(x) - tanh(x)).abs().max() > 1e-4   # the two differ: the setting matters for GPT-2 weights
+    with pytest.raises(ValueError, match="gelu must be 'exact' or 'tanh'"):
+        GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, gelu="relu"))
