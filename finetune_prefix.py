@@ -62,6 +62,7 @@ def task_loss(model, prefix, examples, batch_size=32) -> float:
     total, count = 0.0, 0
     device = next(model.parameters()).device
     prefix_kv = None if prefix is None else prefix(model)
+    examples = sorted(examples, key=lambda e: len(e.tokens))   # a sum: the order is free, and this pads least
     for i in range(0, len(examples), batch_size):
         x, y = collate(examples[i:i + batch_size], device)
         logits, _ = model(x, prefix_kv=prefix_kv)
@@ -125,10 +126,12 @@ def main(argv):
         log.write(iter=it, val_loss=loss, train_loss=float("nan"))
         return loss
 
+    # the score to beat: the frozen base with no prefix at all
+    base_loss = task_loss(model, None, val)
+    print(f"the base alone (no prefix): val loss {base_loss:.4f} (perplexity {math.exp(min(base_loss, 50)):.2f})")
     best, best_iter, bad_evals = evaluate(0), 0, 0
-    before = best
     save_prefix(prefix_path, prefix.fold() if prefix.reparam else prefix, tokenizer.name, fingerprint,
-                {"val_loss": best, "iter": 0})
+                {"val_loss": best, "iter": 0, "val_loss_base": base_loss})
     t0 = t_last = time.time()
     model.train()  # dropout of the base (if any) as in its pretraining; its weights stay frozen
     it = 0
@@ -160,13 +163,13 @@ def main(argv):
             if val_loss < best:
                 best, best_iter, bad_evals = val_loss, it, 0
                 save_prefix(prefix_path, prefix.fold() if prefix.reparam else prefix, tokenizer.name,
-                            fingerprint, {"val_loss": best, "iter": it, "val_loss_before": before})
+                            fingerprint, {"val_loss": best, "iter": it, "val_loss_base": base_loss})
             else:
                 bad_evals += 1
                 if bad_evals >= cfg.patience:
                     print(f"early stop: no better val loss in {cfg.patience} evaluations")
                     break
-            log.plot(f"{cfg.method} P={cfg.n_prefix}: val loss per evaluation")
+            log.plot(f"{cfg.method} P={cfg.n_prefix}: val loss per evaluation (base alone: {base_loss:.3f})")
             t_last = time.time()
     elapsed = time.time() - t0
 
@@ -176,13 +179,13 @@ def main(argv):
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v.cpu(), disk[k])]
     if changed:
         raise RuntimeError(f"base weights changed during prefix tuning: {changed[:3]}")
-    summary = {"val_loss_before": before, "best_val_loss": best, "best_iter": best_iter, "iters": it,
+    summary = {"val_loss_base": base_loss, "best_val_loss": best, "best_iter": best_iter, "iters": it,
                "seconds": elapsed, "trainable": counts["trainable"], "percent": counts["percent"]}
     log.write(summary=summary)
     save_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     print(f"base weights unchanged: all {len(disk)} tensors bit-identical to {cfg.base}")
-    print(f"done: {it} iterations in {elapsed:.1f} s | val loss {before:.4f} → {best:.4f} (best at {best_iter}) "
-          f"| saved {prefix_path}")
+    print(f"done: {it} iterations in {elapsed:.1f} s | val loss: base alone {base_loss:.4f}, with the prefix "
+          f"{best:.4f} (best, at iteration {best_iter}) | saved {prefix_path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ and what they return is a plain `prefix_kv` that GPT.forward and GPT.generate ta
                    computes from E — a prefix constrained to be reachable from the input layer.
 """
 import hashlib
+import os
 
 import torch
 import torch.nn as nn
@@ -237,6 +238,31 @@ def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_finger
     prefix = build_prefix(blob["method"], cfg, blob["n_prefix"], blob.get("reparam_hidden") or 512)
     prefix.load_state_dict(blob["state"])
     return prefix, {k: v for k, v in blob.items() if k != "state"}
+
+
+def short_labels(paths: list[str]) -> list[str]:
+    """The file names, or as many trailing folders as it takes to tell them apart
+    (out/a/prefix.pt and out/b/prefix.pt become a/prefix.pt and b/prefix.pt)."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    for n in range(1, max((len(q) for q in parts), default=1) + 1):
+        labels = ["/".join(q[-n:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return paths
+
+
+def load_prefixes(paths: list[str], model: GPT, tokenizer: str, with_base: bool = False):
+    """Several prefix files for one base model, each checked against it by load_prefix, and labels
+    that tell them apart. Returns (prefixes, labels); None stands for the base without a prefix,
+    labelled "no prefix", and comes first when with_base is set or no path is given."""
+    prefixes, labels = ([None], ["no prefix"]) if with_base or not paths else ([], [])
+    fingerprint = weights_fingerprint(model) if paths else None
+    device = next(model.parameters()).device
+    for path, label in zip(paths, short_labels(paths)):
+        prefix, _ = load_prefix(path, model, tokenizer=tokenizer, base_fingerprint=fingerprint)
+        prefixes.append(prefix.to(device).eval())
+        labels.append(label)
+    return prefixes, labels
 
 
 # ----------------------------------------------------------------------------------------------

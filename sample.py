@@ -8,7 +8,6 @@ sample.py — generate text from a checkpoint, optionally steered by one or more
 Decoding uses the KV cache, which starts from the prefix (a prefix *is* a learned KV cache). With
 several prefixes every (prefix, sample) pair is a row of one mixed batch; each sample is labelled.
 """
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from checkpoint import load_model
 from cli import main_guard, parse
 from data.tokenizer import get_tokenizer
-from prefix import batch_prefixes, load_prefix, weights_fingerprint
+from prefix import batch_prefixes, load_prefixes
 
 
 @dataclass
@@ -39,17 +38,6 @@ def read_prompt(prompt: str) -> str:
         with open(prompt[5:], encoding="utf-8") as f:
             return f.read()
     return prompt
-
-
-def short_labels(paths: list[str]) -> list[str]:
-    """The file names, or as many trailing folders as it takes to tell them apart
-    (out/a/prefix.pt and out/b/prefix.pt become a/prefix.pt and b/prefix.pt)."""
-    parts = [os.path.normpath(p).split(os.sep) for p in paths]
-    for n in range(1, max((len(q) for q in parts), default=1) + 1):
-        labels = ["/".join(q[-n:]) for q in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return paths
 
 
 def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list[str], num_samples: int,
@@ -84,15 +72,7 @@ def main(argv):
     torch.manual_seed(cfg.seed)
     model, ckpt = load_model(cfg.ckpt, cfg.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
-    prefixes, labels = [], []
-    if cfg.with_base or not cfg.prefix:
-        prefixes.append(None)
-        labels.append("no prefix")
-    fingerprint = weights_fingerprint(model) if cfg.prefix else None
-    for path, label in zip(cfg.prefix, short_labels(cfg.prefix)):
-        prefix, _ = load_prefix(path, model, tokenizer=tokenizer.name, base_fingerprint=fingerprint)
-        prefixes.append(prefix.to(cfg.device).eval())
-        labels.append(label)
+    prefixes, labels = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
     prompt = read_prompt(cfg.prompt)
     for label, text in generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,
                                         cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.stop_at_eot):

