@@ -79,7 +79,7 @@ def main(argv):
     text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", "--with_base",
                 f"--prefix={out}/e2e_prefix/prefix.pt,{out}/e2e_prompt/prefix.pt", f"--data={e2e}/test.jsonl",
                 f"--beam={cfg.beam}", f"--out={out}/completions.jsonl"] + quick_eval, capture=True)
-    bleu = {name: float(re.search(rf"{label} +BLEU-4 ([0-9.]+)", text).group(1))
+    bleu = {name: float(re.search(rf"{re.escape(label)} +BLEU-4 ([0-9.]+)", text).group(1))
             for name, label in (("base", "no prefix"), ("prefix", "e2e_prefix/prefix.pt"),
                                 ("prompt", "e2e_prompt/prefix.pt"))}
     n_prompts = re.search(r"over (\d+) prompts", text).group(1)

@@ -39,8 +39,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True       # GPT-2 has biases in Linear and LayerNorm layers
-    gelu: str = "exact"     # "exact" x·Φ(x), as nanoGPT; "tanh" is GPT-2's approximation, which its
-                            # checkpoints need. On CPU PyTorch's tanh form is ~2-3x slower (bench.py).
+    gelu: str = "exact"     # "exact" x·Φ(x), nanoGPT's (its checkpoints load as they are);
+                            # "tanh", GPT-2's approximation, which GPT-2's weights need
 
     @property
     def head_dim(self) -> int:
