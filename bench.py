@@ -32,6 +32,8 @@ import numpy as np
 
 from checkpoint import load_model, safe_torch_load
 from cli import main_guard, parse
+from model import GPT, GPTConfig
+from train import full_split_loss
 
 # nanoGPT's README command for a CPU ("baby" model), flag for flag; --max_iters and --lr_decay_iters
 # (2000 there) are added from --max_iters
@@ -61,7 +63,6 @@ class Job:
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
-        self.log.close()
         with open(self.log_path, encoding="utf-8") as f:
             return f.read()
 
@@ -81,6 +82,7 @@ def take_turns(jobs: list[Job], slice_s: float):
             t0 = time.perf_counter()
             try:
                 job.proc.wait(timeout=slice_s if alive else None)   # alone: no reason to stop it
+                job.log.close()
             except subprocess.TimeoutExpired:
                 os.kill(job.proc.pid, signal.SIGSTOP)
                 alive.append(job)
@@ -105,7 +107,6 @@ def training_seconds(ms_per_iter: list[float], n_outliers: int) -> float:
 
 def whole_split_loss(model, val_path: str, block_size: int) -> float:
     """Loss over every block_size window of a val.bin, the same function for both runs."""
-    from train import full_split_loss
     data = np.fromfile(val_path, dtype=np.uint16)
     return full_split_loss(model, data, block_size, 64, "cpu", contextlib.nullcontext())
 
@@ -142,7 +143,6 @@ def nanogpt_job(cfg: BenchConfig, out_dir: str) -> Job:
 
 
 def nanogpt_result(job: Job, cfg: BenchConfig, out_dir: str) -> dict:
-    from model import GPT, GPTConfig
     text = job.output()
     # "iter 12: loss 3.1, time 41.20ms, ..." — an iteration that evaluated also holds the eval's time
     times = [float(t) for t in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", text, re.M)]
