@@ -1,26 +1,43 @@
 # prefixgpt — two commands do everything on a fresh machine:
 #   make demo   set-up → prepare data → pretrain → prefix-tune → samples and scores (CPU, minutes)
-#   make test   set-up → the test suite
+#   make test   set-up (with the test-only oracles) → the test suite
 # Data paths: PREFIXGPT_SHAKESPEARE, PREFIXGPT_E2E, PREFIXGPT_SST2 point the prepare scripts at local
 # copies; without them they download from the official sources.
+#
+# Which torch wheel: TORCH_INDEX is passed to pip as an extra index. Empty (the default) installs what
+# the package index gives for torch==2.13.0 (on Linux x86 that is the CUDA build, several GB). For the
+# CPU-only wheel (about 200 MB), use the index PyTorch documents for it:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-OUT    ?= out/demo
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+OUT         ?= out/demo
+TORCH_INDEX ?=
+PIP_INDEX   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup test demo clean
+.PHONY: setup setup-dev test test-fast demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "installing requirements.txt into $(VENV) (torch is large: pip shows its progress)"
+	$(PY) -m pip install --upgrade pip --progress-bar on
+	$(PY) -m pip install $(PIP_INDEX) --progress-bar on -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install $(PIP_INDEX) --progress-bar on -r requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed
 
-test: setup
+setup-dev: $(VENV)/.installed-dev
+
+test: setup-dev
 	$(PY) -m pytest -q
+
+test-fast: setup-dev
+	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
 	$(PY) demo.py --out_dir=$(OUT)
