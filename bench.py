@@ -33,7 +33,7 @@ import numpy as np
 from checkpoint import load_model, safe_torch_load
 from cli import main_guard, parse
 from model import GPT, GPTConfig
-from train import full_split_loss
+from scoring import full_split_loss
 
 # nanoGPT's README command for a CPU ("baby" model), flag for flag; --max_iters and --lr_decay_iters
 # (2000 there) are added from --max_iters

@@ -1,49 +1,244 @@
 """
-checkpoint.py — saving and loading without losing or trusting anything.
+checkpoint.py — the project's two file formats, in one place: a pretraining checkpoint and a prefix file.
 
-Writes are atomic (a temporary file, then a rename), so a crash or Ctrl-C mid-save leaves the previous
-file whole. Loads use torch.load(weights_only=True), which refuses pickled code: a checkpoint or prefix
-from someone else can hold tensors and plain data, never objects that run when unpickled.
+    save_checkpoint(path, model, optimizer, ...)     load_checkpoint(path) → dict     load_model(path) → GPT
+    save_prefix(path, prefix, tokenizer, ...)        load_prefix(path, model) → module, metadata
+
+Saving never loses work: a file is written atomically (data.files.atomic_write), and weights that hold a
+NaN or an infinity are never written (NonFiniteWeights), so a diverged run cannot replace the last good
+checkpoint. Loading never trusts a file: torch.load(weights_only=True) refuses pickled code, every key
+and tensor the format needs is checked and a missing one named, and a checkpoint's weights must match the
+checksum stored beside them, so a damaged file is reported as damaged rather than trained on.
+
+This module knows the formats; it knows nothing about training loops or command lines.
 """
+import hashlib
 import os
 import pickle
+import re
+import zipfile
 
 import torch
 
+from data.files import atomic_write
 from model import GPT, GPTConfig
+from prefix import PREFIX_METHODS, build_prefix, method_of
 
 CHECKPOINT_FORMAT = "prefixgpt-checkpoint/1"
+PREFIX_FORMAT = "prefixgpt-prefix/1"
+CHECKPOINT_KEYS = ("model", "model_config", "tokenizer")              # what any reader needs
+RESUME_KEYS = ("optimizer", "train_config", "iter_num", "best_val_loss", "rng")   # what --resume needs
+PREFIX_KEYS = ("method", "n_prefix", "model", "tokenizer", "state")
 
 
-def atomic_torch_save(obj, path: str):
-    """Write to path.tmp, then rename: a crash mid-write never leaves a half-written file at path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class NonFiniteWeights(ValueError):
+    """Weights with NaN or inf: never saved, never loaded."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and writing torch files safely.
+
+def save_torch(obj, path: str):
+    """torch.save through the project's one atomic write: the old file survives any failure."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_torch_load(path: str, what: str = "file"):
-    """torch.load that never runs pickled code, with one-line errors for missing or damaged files."""
+    """torch.load that never runs pickled code, with one-line errors that say what is wrong."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a directory: give the path of the file itself")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):   # torch.save has written zip archives since PyTorch 1.6
+        with open(path, "rb") as f:
+            damaged_zip = f.read(4) == b"PK\x03\x04"
+        raise ValueError(f"cannot read {what} {path}: it is a corrupt zip archive (truncated?)" if damaged_zip
+                         else f"{path} is not a {what}: it is not a file written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"refusing to load {path}: it holds pickled objects beyond tensors and plain "
-                         f"data, which could run code ({str(e).splitlines()[0][:120]})") from None
-    except Exception as e:  # truncated, or not a torch file at all
-        first = str(e).splitlines()[0][:120] if str(e) else ""
-        raise ValueError(f"cannot read {what} {path}: it is corrupt or not a torch file "
-                         f"({type(e).__name__}: {first})") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        thing = f" ({found.group(1)})" if found else ""
+        raise ValueError(f"refusing to load {path}: besides tensors and plain data it holds pickled Python "
+                         f"objects{thing}, and loading those could run code") from None
+    except Exception as e:  # a zip whose members are truncated or overwritten
+        raise ValueError(f"cannot read {what} {path}: it is damaged (truncated or corrupted; "
+                         f"{type(e).__name__})") from None
+
+
+def state_checksum(state: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: a fingerprint of a set of weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights: tells a prefix which base it was trained on."""
+    return state_checksum(model.state_dict())[:16]
+
+
+def non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors in state that hold a NaN or an infinity."""
+    return [k for k, t in state.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _need(blob: dict, keys, path: str, what: str):
+    missing = [k for k in keys if k not in blob]
+    if missing:
+        raise ValueError(f"{what} {path} lacks {', '.join(map(repr, missing))}: it was not written by this "
+                         "version of prefixgpt, or it is damaged")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining checkpoints (train.py writes them; every other script reads them).
+
+def save_checkpoint(path: str, model: GPT, tokenizer: str, **fields):
+    """Write model weights, config and tokenizer, plus what resuming needs (fields: optimizer state,
+    train_config, iter_num, best_val_loss, val_loss, rng). Refuses weights that are not all finite."""
+    state = model.state_dict()
+    bad = non_finite(state)
+    if bad:
+        raise NonFiniteWeights(f"not saving {path}: the weights hold NaN or inf ({bad[0]}{' …' * (len(bad) > 1)}); "
+                               "the last good checkpoint is kept")
+    save_torch({"format": CHECKPOINT_FORMAT, "model": state, "model_config": vars(model.config).copy(),
+                "tokenizer": tokenizer, "weights_sha256": state_checksum(state), **fields}, path)
+
+
+def load_checkpoint(path: str, need_resume: bool = False) -> dict:
+    """A checkpoint dict whose format, keys, model config, weights and checksum have all been checked."""
+    blob = safe_torch_load(path, "checkpoint")
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a prefixgpt checkpoint (format {CHECKPOINT_FORMAT}); make one with train.py")
+    _need(blob, CHECKPOINT_KEYS + (RESUME_KEYS if need_resume else ()), path, "checkpoint")
+    known = set(GPTConfig.__dataclass_fields__)
+    unknown = set(blob["model_config"]) - known
+    if unknown:
+        raise ValueError(f"checkpoint {path} has model settings this version does not know: {sorted(unknown)}")
+    config = GPTConfig(**blob["model_config"])
+    with torch.device("meta"):   # the expected names and shapes, without allocating a model
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    state = blob["model"]
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    for problem, names in (("lacks the tensors", missing), ("has unexpected tensors", extra),
+                           ("has tensors of the wrong shape", wrong)):
+        if names:
+            raise ValueError(f"checkpoint {path} {problem} {', '.join(names[:3])}{' …' * (len(names) > 3)}: "
+                             "it does not match its own model_config")
+    if "weights_sha256" in blob and state_checksum(state) != blob["weights_sha256"]:
+        raise ValueError(f"checkpoint {path} is damaged: its weights do not match the checksum saved with them")
+    bad = non_finite(state)
+    if bad:
+        raise NonFiniteWeights(f"checkpoint {path} holds NaN or inf weights ({bad[0]}): it cannot be used")
+    return blob
 
 
 def load_model(path: str, device="cpu"):
     """A GPT from a checkpoint written by train.py. Returns (model in eval mode, checkpoint dict)."""
-    ckpt = safe_torch_load(path, "checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a prefixgpt checkpoint (format {CHECKPOINT_FORMAT}); "
-                         "make one with train.py")
+    ckpt = load_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# Prefix files (finetune_prefix.py writes them; evaluate.py and sample.py read them). A few KB.
+
+def save_prefix(path: str, prefix, tokenizer: str, base_fingerprint: str | None = None,
+                metrics: dict | None = None):
+    """Save the prefix's tensors and what it needs to fit a model: dimensions, P, method, tokenizer, the
+    base's fingerprint, and the metrics it reached. Pass prefix.fold() to keep only P (what tuning saves)."""
+    state = {k: v.detach().cpu() for k, v in prefix.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise NonFiniteWeights(f"not saving {path}: the prefix holds NaN or inf; the best prefix so far is kept")
+    c = prefix.config
+    save_torch({
+        "format": PREFIX_FORMAT,
+        "method": method_of(prefix),
+        "n_prefix": prefix.n_prefix,
+        "reparam_hidden": getattr(prefix, "reparam_hidden", 0),
+        "model": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
+                  "vocab_size": c.vocab_size, "block_size": c.block_size},
+        "tokenizer": tokenizer,
+        "base_fingerprint": base_fingerprint,
+        "metrics": metrics or {},
+        "state": state,
+    }, path)
+
+
+def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
+    """Load a prefix saved by save_prefix and check that it fits `model` (and tokenizer / base weights
+    when given). Returns (prefix module, the saved dict's metadata)."""
+    blob = safe_torch_load(path, "prefix file")
+    if not isinstance(blob, dict) or blob.get("format") != PREFIX_FORMAT:
+        hint = " (that is a model checkpoint: pass it as --ckpt or --base)" if (
+            isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT) else ""
+        raise ValueError(f"{path} is not a prefixgpt prefix file (format {PREFIX_FORMAT}){hint}")
+    _need(blob, PREFIX_KEYS, path, "prefix file")
+    want, have = blob["model"], model.config
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        if want.get(key) != getattr(have, key):
+            raise ValueError(f"prefix {path} was made for a model with {key}={want.get(key)}, but this model has "
+                             f"{key}={getattr(have, key)}: load it with the base model it was trained on")
+    if tokenizer is not None and blob["tokenizer"] != tokenizer:
+        raise ValueError(f"prefix {path} was trained with the {blob['tokenizer']!r} tokenizer, "
+                         f"the model uses {tokenizer!r}")
+    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
+        raise ValueError(f"prefix {path} was trained on another base model (weights {blob['base_fingerprint']}, "
+                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+    if blob["method"] not in PREFIX_METHODS:
+        raise ValueError(f"prefix {path} has method {blob['method']!r}, not one of {', '.join(PREFIX_METHODS)}")
+    prefix = build_prefix(blob["method"], have, blob["n_prefix"], blob.get("reparam_hidden") or 512)
+    expected = prefix.state_dict()
+    state = blob["state"]
+    if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        raise ValueError(f"prefix {path} holds tensors {shapes}, but a {blob['method']} prefix of "
+                         f"n_prefix={blob['n_prefix']} needs {({k: tuple(v.shape) for k, v in expected.items()})}")
+    if non_finite(state):
+        raise NonFiniteWeights(f"prefix {path} holds NaN or inf values: it cannot be used")
+    prefix.load_state_dict(state)
+    return prefix, {k: v for k, v in blob.items() if k != "state"}
+
+
+def load_prefixes(paths: list[str], model: GPT, tokenizer: str, with_base: bool = False):
+    """Several prefix files for one base model, each checked against it by load_prefix, and labels
+    that tell them apart. Returns (prefixes, labels); None stands for the base without a prefix,
+    labelled "no prefix", and comes first when with_base is set or no path is given."""
+    prefixes, labels = ([None], ["no prefix"]) if with_base or not paths else ([], [])
+    fingerprint = weights_fingerprint(model) if paths else None
+    device = next(model.parameters()).device
+    for path, label in zip(paths, short_labels(paths)):
+        prefix, _ = load_prefix(path, model, tokenizer=tokenizer, base_fingerprint=fingerprint)
+        prefixes.append(prefix.to(device).eval())
+        labels.append(label)
+    return prefixes, labels
+
+
+def short_labels(paths: list[str]) -> list[str]:
+    """The file names, or as many trailing folders as it takes to tell them apart
+    (out/a/prefix.pt and out/b/prefix.pt become a/prefix.pt and b/prefix.pt)."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    for n in range(1, max((len(q) for q in parts), default=1) + 1):
+        labels = ["/".join(q[-n:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return paths
+
+
+def is_saved_model_file(path: str) -> bool:
+    """True when path holds a checkpoint or a prefix file: files no output may overwrite."""
+    if not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+        return False
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return True   # a torch file we cannot read: still not ours to overwrite
+    return isinstance(blob, dict) and blob.get("format") in (CHECKPOINT_FORMAT, PREFIX_FORMAT)

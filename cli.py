@@ -6,9 +6,18 @@ cli.py — settings for the scripts: dataclasses filled from TOML config files a
 Later sources win: dataclass defaults < config files (in order) < flags. Values are parsed by the
 type of the dataclass field, so `--max_iters=abc` and `--no_such_key=1` are errors with a message,
 never code: nothing is `exec`'d (nanoGPT's configurator runs config files as Python; TOML cannot run).
+
+Each field says what it allows, beside its default: `setting(12, min=1)`, `setting("auto",
+choices=(...))`, `setting("", pattern=...)`. parse() checks every field of every dataclass once all
+sources are applied, so a new setting gets its check by construction, and a dataclass may add a
+`validate()` method for rules that tie fields together (n_embd divisible by n_head). Floats must be
+finite unless a field says otherwise. This module knows nothing about models or training.
 """
 import dataclasses
 import difflib
+import math
+import os
+import re
 import sys
 import tomllib
 import typing
@@ -16,6 +25,53 @@ import typing
 
 class UsageError(Exception):
     """A bad command line: main_guard prints it as one line and exits with status 2."""
+
+
+def setting(default, *, min=None, max=None, choices=None, pattern=None, finite=True, gt=None):
+    """A dataclass field with its allowed values: min/max (inclusive), gt (exclusive lower bound),
+    choices, a regular expression the whole string must match, finite (floats). None is always
+    allowed for an Optional field. A list default gets a factory, and each item is checked."""
+    rules = {k: v for k, v in dict(min=min, max=max, choices=choices, pattern=pattern, finite=finite,
+                                   gt=gt).items() if v is not None}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=rules)
+    return dataclasses.field(default=default, metadata=rules)
+
+
+def check_value(name, value, rules) -> str | None:
+    """What is wrong with value under rules, or None."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return next((m for m in (check_value(name, v, rules) for v in value) if m), None)
+    if isinstance(value, float) and rules.get("finite", True) and not math.isfinite(value):
+        return f"--{name} must be a finite number, got {value}"
+    if "choices" in rules and value not in rules["choices"]:
+        return f"--{name} must be one of {', '.join(map(str, rules['choices']))}, got {value!r}"
+    if "pattern" in rules and not re.fullmatch(rules["pattern"], str(value)):
+        return f"--{name}={value!r} is not allowed (expected {rules['pattern'].replace('|', ' | ')})"
+    if "min" in rules and value < rules["min"]:
+        return f"--{name} must be at least {rules['min']}, got {value}"
+    if "gt" in rules and not value > rules["gt"]:
+        return f"--{name} must be greater than {rules['gt']}, got {value}"
+    if "max" in rules and value > rules["max"]:
+        return f"--{name} must be at most {rules['max']}, got {value}"
+    return None
+
+
+def validate(*dataclass_instances):
+    """Check every field against its rules, then each dataclass's own validate(); UsageError on the first
+    problem."""
+    for dc in dataclass_instances:
+        for f in dataclasses.fields(dc):
+            problem = check_value(f.name, getattr(dc, f.name), f.metadata)
+            if problem:
+                raise UsageError(problem)
+        if hasattr(dc, "validate"):
+            try:
+                dc.validate()
+            except ValueError as e:
+                raise UsageError(str(e)) from None
 
 
 def _fields(*dcs):
@@ -81,7 +137,9 @@ def help_text(prog, description, fields):
              "settings (default):"]
     for name, (dc, typ) in fields.items():
         tname = getattr(typ, "__name__", str(typ).replace("typing.", ""))
-        lines.append(f"  --{name:<24} {tname:<8} {getattr(dc, name)!r}")
+        rules = next(f.metadata for f in dataclasses.fields(dc) if f.name == name)
+        allowed = ", ".join(f"{k} {v}" for k, v in rules.items() if k != "finite")
+        lines.append(f"  --{name:<24} {tname:<8} {getattr(dc, name)!r}" + (f"  ({allowed})" if allowed else ""))
     return "\n".join(lines)
 
 
@@ -126,6 +184,7 @@ def parse(argv, *dataclass_instances, prog="script.py", description=""):
                 raise UsageError(f"--{key} needs a value")
             _set(fields, key.replace("-", "_"), value, "the command line", seen)
         i += 1
+    validate(*dataclass_instances)
     return seen
 
 
@@ -136,23 +195,31 @@ def to_dict(*dataclass_instances) -> dict:
     return out
 
 
-def save_json(path, obj):
-    """Atomic JSON write (tmp + rename)."""
-    from data.files import write_json
-    write_json(path, obj)
-
-
 def main_guard(fn):
-    """Run fn(sys.argv[1:]); turn expected errors (bad files, bad values) into one line on stderr and
-    exit status 1. PREFIXGPT_DEBUG=1 shows the full traceback instead."""
-    import os
+    """Run fn(sys.argv[1:]); turn expected errors into one line on stderr: a bad command line exits with
+    status 2, a bad file or value or a failed write (a full disk) with 1, Ctrl-C with 130.
+    PREFIXGPT_DEBUG=1 shows the full traceback instead."""
     try:
         return fn(sys.argv[1:])
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:   # FileNotFoundError, IsADirectoryError, no space left: OSErrors
         if os.environ.get("PREFIXGPT_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(1)
+    except KeyboardInterrupt:
+        if os.environ.get("PREFIXGPT_DEBUG"):
+            raise
+        print("interrupted (Ctrl-C); files already saved are left as they were", file=sys.stderr)
+        raise SystemExit(130)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: OSErrors as 'strerror: filename' when they carry those, no newlines."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.strerror}: {e.filename}"
+    else:
+        text = str(e)
+    return " ".join(text.split())

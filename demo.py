@@ -78,7 +78,7 @@ def main(argv):
     # the base alone and both prefixes, scored in one run: greedy decoding puts all three in mixed batches
     text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", "--with_base",
                 f"--prefix={out}/e2e_prefix/prefix.pt,{out}/e2e_prompt/prefix.pt", f"--data={e2e}/test.jsonl",
-                f"--beam={cfg.beam}", f"--out={out}/completions.jsonl"] + quick_eval, capture=True)
+                f"--beam={cfg.beam}", f"--out={out}/completions.jsonl", "--overwrite"] + quick_eval, capture=True)
     bleu = {name: float(re.search(rf"{re.escape(label)} +BLEU-4 ([0-9.]+)", text).group(1))
             for name, label in (("base", "no prefix"), ("prefix", "e2e_prefix/prefix.pt"),
                                 ("prompt", "e2e_prompt/prefix.pt"))}

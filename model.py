@@ -11,17 +11,20 @@ lets every current token see all past slots and, causally, the current tokens. A
 past that was trained; a KV cache is a past that was computed. `GPT.generate` starts its cache *from*
 the prefix and appends to it, so the two share every line of code.
 
-Shapes used throughout (B batch, T tokens, P past slots, C = n_embd, nh = n_head, hd = head_dim = C/nh):
+Shapes used throughout (B batch, T tokens, P prefix slots, C = n_embd, nh = n_head, hd = head_dim = C/nh):
     prefix_kv   : sequence of n_layer pairs (key, value), each (B or 1, nh, P, hd)
     prefix_mask : optional (B, P) bool, True where a slot is real; used to batch prefixes of
                   different lengths (shorter ones padded at the end). Row b's tokens sit at
                   positions n_valid[b] .. n_valid[b]+T-1, as if that row ran alone.
 
-Module names follow GPT-2 (transformer.wte, wpe, h[i].ln_1, attn.c_attn, ...) so GPT-2 checkpoints
-map onto it key by key.
+Module names follow GPT-2 (transformer.wte, wpe, h[i].ln_1, attn.c_attn, ...), so a GPT-2 checkpoint's
+tensor names match these. Its values do not load as they are: GPT-2 stores its c_attn / c_proj / c_fc
+weights as Conv1D, transposed relative to nn.Linear, and it needs gelu="tanh".
+
+This module knows the model and nothing else: no files, devices, tokenizers or training.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -30,78 +33,110 @@ import torch.nn.functional as F
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B or 1, nh, L, hd)
 
 
+def _allowed(default, **rules):
+    """A field with the values it allows beside it (cli.py checks them where settings are parsed)."""
+    return field(default=default, metadata=rules)
+
+
 @dataclass
 class GPTConfig:
-    block_size: int = 256   # most positions (prefix slots included) the model can see
-    vocab_size: int = 256   # 256 = byte-level tokenizer; 50257 = GPT-2 BPE
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    block_size: int = _allowed(256, min=1)   # most positions (prefix slots included) the model can see
+    vocab_size: int = _allowed(256, min=0)   # 256 = byte-level tokenizer; 50257 = GPT-2 BPE (0: the data's)
+    n_layer: int = _allowed(4, min=1)
+    n_head: int = _allowed(4, min=1)
+    n_embd: int = _allowed(128, min=1)
+    dropout: float = _allowed(0.0, min=0.0, max=0.99)
     bias: bool = True       # GPT-2 has biases in Linear and LayerNorm layers
-    gelu: str = "exact"     # "exact" x·Φ(x), nanoGPT's (its checkpoints load as they are);
-                            # "tanh", GPT-2's approximation, which GPT-2's weights need
+    gelu: str = _allowed("exact", choices=("exact", "tanh"))
+    # "exact" x·Φ(x), nanoGPT's (its checkpoints load as they are); "tanh", GPT-2's approximation
+
+    def validate(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                             "each head gets n_embd / n_head dimensions")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
 
+def prefix_length(prefix_kv, prefix_mask=None) -> int:
+    """How many positions a prefix takes: P, or with a mask (mixed lengths) the longest row's real slots;
+    0 for None. With a mask this reads the mask's values (a GPU sync): callers compute it once per batch."""
+    if prefix_kv is None:
+        return 0
+    if prefix_mask is None:
+        return prefix_kv[0][0].size(2)
+    return int(prefix_mask.sum(1).max()) if prefix_mask.numel() else 0
+
+
+def room_after(n_prefix: int, block_size: int) -> int:
+    """Positions left for tokens once a prefix of n_prefix slots is in the context."""
+    return block_size - n_prefix
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention with past (prefix or cache) keys and values: the one equation, two ways to compute it.
 
-def attention_mask(T: int, P: int, past_mask: torch.Tensor | None, device) -> torch.Tensor:
+def attention_mask(T: int, P: int, prefix_mask: torch.Tensor | None, device) -> torch.Tensor:
     """Boolean mask M, True where query t may attend key s. Shape (B or 1, 1, T, P+T).
 
-    Keys are laid out [past slots (P) ; current tokens (T)]. Every query sees every *real* past slot
-    (past_mask, or all P when it is None) and the current tokens up to itself. This is a causal mask
+    Keys are laid out [prefix slots (P) ; current tokens (T)]. Every query sees every *real* prefix slot
+    (prefix_mask, or all P when it is None) and the current tokens up to itself. This is a causal mask
     aligned to the bottom-right corner: query t is the token at key index P+t.
     """
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()           # (T, T)
-    if past_mask is None:
-        past_mask = torch.ones(1, P, dtype=torch.bool, device=device)           # (1, P)
-    B = past_mask.size(0)
-    past = past_mask[:, None, None, :].expand(B, 1, T, P)                       # (B, 1, T, P)
-    return torch.cat([past, causal.expand(B, 1, T, T)], dim=-1)                 # (B, 1, T, P+T)
+    if prefix_mask is None:
+        prefix_mask = torch.ones(1, P, dtype=torch.bool, device=device)         # (1, P)
+    B = prefix_mask.size(0)
+    prefix = prefix_mask[:, None, None, :].expand(B, 1, T, P)                   # (B, 1, T, P)
+    return torch.cat([prefix, causal.expand(B, 1, T, T)], dim=-1)               # (B, 1, T, P+T)
 
 
-def prefix_attention_reference(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0):
+def join_prefix(prefix_x, x):
+    """[P_x; X] along the position axis. prefix_x (B or 1, nh, P, hd), x (B, nh, T, hd) → (B, nh, P+T, hd).
+    The prefix takes x's dtype: under bf16 autocast the tokens' keys are bf16 while a trained prefix is
+    fp32, and attention kernels refuse a mix."""
+    return torch.cat([prefix_x.to(x.dtype).expand(x.size(0), -1, -1, -1), x], dim=2)
+
+
+def prefix_attention_reference(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout_p=0.0):
     """softmax(Q·[P_k; K]ᵀ/√d + M)·[P_v; V], written out literally (the readable path).
 
-    q, k, v        : (B, nh, T, hd)   from the current tokens
-    past_k, past_v : (B or 1, nh, P, hd) or None   prefix / cached keys and values
-    returns        : (B, nh, T, hd)
+    q, k, v            : (B, nh, T, hd)   from the current tokens
+    prefix_k, prefix_v : (B or 1, nh, P, hd) or None   prefix (learned, or a cache) keys and values
+    returns            : (B, nh, T, hd)
     """
     B, nh, T, hd = q.shape
-    if past_k is not None:
-        k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)                 # [P_k; K] (B, nh, P+T, hd)
-        v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)                 # [P_v; V]
+    if prefix_k is not None:
+        k = join_prefix(prefix_k, k)                                            # [P_k; K] (B, nh, P+T, hd)
+        v = join_prefix(prefix_v, v)                                            # [P_v; V]
     P = k.size(2) - T
-    allowed = attention_mask(T, P, past_mask, q.device)                        # (B|1, 1, T, P+T)
+    allowed = attention_mask(T, P, prefix_mask, q.device)                      # (B|1, 1, T, P+T)
     M = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
     scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + M                       # (B, nh, T, P+T)
     weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)
     return weights @ v                                                          # (B, nh, T, hd)
 
 
-def prefix_attention_fast(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0):
+def prefix_attention_fast(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout_p=0.0):
     """The same result through F.scaled_dot_product_attention, choosing a mask that keeps a fused kernel.
 
     `is_causal=True` aligns the causal triangle to the *top-left*, which is wrong once keys outnumber
     queries (query 0 must see all P past slots, not just key 0). So:
-      - no past:            is_causal=True (square, top-left == bottom-right);
-      - one new token:      no mask at all (the newest token may see everything before it);
-      - past, same length:  a lower-right causal bias, which flash / memory-efficient kernels support;
-      - past of mixed lengths (past_mask): an explicit boolean mask.
+      - no prefix:            is_causal=True (square, top-left == bottom-right);
+      - one new token:        no mask at all (the newest token may see everything before it);
+      - prefix, one length:   a lower-right causal bias, which flash / memory-efficient kernels support;
+      - mixed lengths (prefix_mask): an explicit boolean mask.
     """
     B, nh, T, hd = q.shape
-    if past_k is None:
+    if prefix_k is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    k = torch.cat([past_k.expand(B, -1, -1, -1), k], dim=2)                     # (B, nh, P+T, hd)
-    v = torch.cat([past_v.expand(B, -1, -1, -1), v], dim=2)
+    k = join_prefix(prefix_k, k)                                                # (B, nh, P+T, hd)
+    v = join_prefix(prefix_v, v)
     P = k.size(2) - T
-    if past_mask is not None:
-        mask = attention_mask(T, P, past_mask, q.device)
+    if prefix_mask is not None:
+        mask = attention_mask(T, P, prefix_mask, q.device)
     elif T == 1:
         mask = None
     else:
@@ -115,22 +150,23 @@ def prefix_attention_fast(q, k, v, past_k, past_v, past_mask=None, dropout_p=0.0
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        config.validate()
         self.n_head, self.head_dim = config.n_head, config.head_dim
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # Q, K, V at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, past: KV | None, past_mask, fast: bool):
-        """x: (B, T, C) → (y (B, T, C), (k, v) of these T tokens, each (B, nh, T, hd))."""
+    def forward(self, x, prefix_kv: KV | None, prefix_mask, fast: bool):
+        """x: (B, T, C) → (y (B, T, C), (k, v) of these T tokens, each (B, nh, T, hd)).
+        prefix_kv here is this layer's one (key, value) pair."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                                # 3 × (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        past_k, past_v = past if past is not None else (None, None)
+        prefix_k, prefix_v = prefix_kv if prefix_kv is not None else (None, None)
         attend = prefix_attention_fast if fast else prefix_attention_reference
         dropout_p = self.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, past_k, past_v, past_mask, dropout_p)               # (B, nh, T, hd)
+        y = attend(q, k, v, prefix_k, prefix_v, prefix_mask, dropout_p)         # (B, nh, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
@@ -159,8 +195,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, past, past_mask, fast):
-        a, present = self.attn(self.ln_1(x), past, past_mask, fast)
+    def forward(self, x, prefix_kv, prefix_mask, fast):
+        a, present = self.attn(self.ln_1(x), prefix_kv, prefix_mask, fast)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -220,30 +256,30 @@ class GPT(nn.Module):
             raise ValueError(f"prefix_mask must be (B, P={P}), got {tuple(prefix_mask.shape)}")
         return P
 
-    def trunk(self, tok_emb, prefix_kv=None, prefix_mask=None):
-        """Run the blocks on input embeddings that follow an optional past (prefix or cache).
+    def trunk(self, tok_emb, prefix_kv=None, prefix_mask=None, n_prefix: int | None = None):
+        """Run the blocks on input embeddings that follow an optional prefix (learned, or a cache).
 
         tok_emb: (B, T, C) → (h (B, T, C) after ln_f, present: n_layer pairs (k, v) each (B, nh, T, hd)).
+        n_prefix: prefix_length(prefix_kv, prefix_mask) when the caller already knows it (decoding
+        does, and so saves a GPU sync per token); worked out here otherwise.
         """
         B, T, _ = tok_emb.shape
         if prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
             prefix_kv, prefix_mask = None, None  # P = 0 is exactly the plain model
-        P = 0 if prefix_kv is None else prefix_kv[0][0].size(2)
-        # Positions: the prefix occupies 0..n-1, the tokens n..n+T-1, where n counts the real past slots.
-        if prefix_mask is None:
-            start = torch.full((1, 1), P, dtype=torch.long, device=tok_emb.device)    # (1, 1)
-        else:
-            start = prefix_mask.sum(dim=1, keepdim=True)                                # (B, 1)
-        last = P if prefix_mask is None else int(start.max())
-        if last + T > self.config.block_size:
-            raise ValueError(f"prefix/past length {last} + sequence length {T} = {last + T} exceeds "
+        if n_prefix is None:
+            n_prefix = prefix_length(prefix_kv, prefix_mask)
+        if n_prefix + T > self.config.block_size:
+            raise ValueError(f"prefix length {n_prefix} + sequence length {T} = {n_prefix + T} exceeds "
                              f"block_size {self.config.block_size}: shorten the input or the prefix")
-        pos = start + torch.arange(T, device=tok_emb.device)                            # (B|1, T)
+        # Positions: the prefix occupies 0..n-1, the tokens n..n+T-1, where n counts a row's real slots.
+        if prefix_mask is None:
+            pos = torch.arange(n_prefix, n_prefix + T, device=tok_emb.device)[None]      # (1, T)
+        else:
+            pos = prefix_mask.sum(dim=1, keepdim=True) + torch.arange(T, device=tok_emb.device)  # (B, T)
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))                  # (B, T, C)
         present = []
         for i, block in enumerate(self.transformer.h):
-            past = None if prefix_kv is None else prefix_kv[i]
-            x, kv = block(x, past, prefix_mask, self.fast_attention)
+            x, kv = block(x, None if prefix_kv is None else prefix_kv[i], prefix_mask, self.fast_attention)
             present.append(kv)
         return self.transformer.ln_f(x), present
 
@@ -268,24 +304,23 @@ class GPT(nn.Module):
         return present
 
     @staticmethod
-    def extend(past: list[KV] | None, present: list[KV], batch: int) -> list[KV]:
-        """[past; present] per layer along the position axis: how a cache (or prefix) grows."""
-        if past is None:
+    def extend(prefix_kv: list[KV] | None, present: list[KV], batch: int) -> list[KV]:
+        """[prefix; present] per layer along the position axis: how a cache (a computed prefix) grows."""
+        if prefix_kv is None:
             return present
-        return [(torch.cat([pk.expand(batch, -1, -1, -1), k], dim=2),
-                 torch.cat([pv.expand(batch, -1, -1, -1), v], dim=2))
-                for (pk, pv), (k, v) in zip(past, present)]
+        return [(join_prefix(pk.expand(batch, -1, -1, -1), k), join_prefix(pv.expand(batch, -1, -1, -1), v))
+                for (pk, pv), (k, v) in zip(prefix_kv, present)]
 
-    def step(self, idx, cache, cache_mask):
-        """Encode tokens idx (B, T) after `cache`; return (last-position logits (B, vocab), grown cache,
-        grown mask). The prefix is simply the cache's initial value."""
-        h, present = self.trunk(self.transformer.wte(idx), cache, cache_mask)
+    def step(self, idx, prefix_kv, prefix_mask, n_prefix: int | None = None):
+        """Encode tokens idx (B, T) after prefix_kv; return (last-position logits (B, vocab), the grown
+        prefix_kv, the grown prefix_mask). A cache is simply a prefix that keeps growing."""
+        h, present = self.trunk(self.transformer.wte(idx), prefix_kv, prefix_mask, n_prefix)
         B, T = idx.shape
-        cache = self.extend(cache, present, B)
-        if cache_mask is not None:
-            cache_mask = torch.cat([cache_mask.expand(B, -1),
-                                    torch.ones(B, T, dtype=torch.bool, device=idx.device)], dim=1)
-        return self.lm_head(h[:, -1, :]), cache, cache_mask
+        grown = self.extend(prefix_kv, present, B)
+        if prefix_mask is not None:
+            prefix_mask = torch.cat([prefix_mask.expand(B, -1),
+                                     torch.ones(B, T, dtype=torch.bool, device=idx.device)], dim=1)
+        return self.lm_head(h[:, -1, :]), grown, prefix_mask
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, prefix_kv=None,
@@ -298,22 +333,22 @@ class GPT(nn.Module):
         stale; from then on each step re-encodes the window (as slow as no cache, but never wrong).
         stop_token: stop once every row has produced it (rows keep decoding until then).
         """
-        P = 0 if prefix_kv is None else self.check_prefix(prefix_kv, prefix_mask)
-        if prefix_kv is not None and prefix_mask is None and P == 0:
-            prefix_kv = None
-        window = self.config.block_size - (P if prefix_mask is None else int(prefix_mask.sum(1).max()))
+        if prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
+            prefix_kv, prefix_mask = None, None
+        n_prefix = prefix_length(prefix_kv, prefix_mask)          # one GPU read per call, not per token
+        window = room_after(n_prefix, self.config.block_size)
         if window < 1:
-            raise ValueError(f"prefix length {P} leaves no room in block_size {self.config.block_size}")
+            raise ValueError(f"prefix length {n_prefix} leaves no room in block_size {self.config.block_size}")
         B = idx.size(0)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        cache, cache_mask, todo, n_cached = prefix_kv, prefix_mask, idx, 0
+        kv, kv_mask, todo, n_cached = prefix_kv, prefix_mask, idx, 0
         for _ in range(max_new_tokens):
             if not use_cache or n_cached + todo.size(1) > window:
                 # (re-)encode the visible window on top of the prefix alone
-                cache, cache_mask, todo, n_cached = prefix_kv, prefix_mask, idx[:, -window:], 0
-            logits, grown, grown_mask = self.step(todo, cache, cache_mask)
+                kv, kv_mask, todo, n_cached = prefix_kv, prefix_mask, idx[:, -window:], 0
+            logits, grown, grown_mask = self.step(todo, kv, kv_mask, n_prefix + n_cached)
             if use_cache:
-                cache, cache_mask, n_cached = grown, grown_mask, n_cached + todo.size(1)
+                kv, kv_mask, n_cached = grown, grown_mask, n_cached + todo.size(1)
             next_id = sample_next(logits, temperature, top_k)                           # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)
             todo = next_id
@@ -335,7 +370,7 @@ class GPT(nn.Module):
         if idx.size(0) != 1:
             raise ValueError("beam_search takes one prompt at a time: idx must be (1, T)")
         P = 0 if prefix_kv is None else self.check_prefix(prefix_kv)
-        room = self.config.block_size - P - idx.size(1)
+        room = room_after(P, self.config.block_size) - idx.size(1)
         if room < 1:
             raise ValueError(f"prompt of {idx.size(1)} tokens plus prefix of {P} fills block_size "
                              f"{self.config.block_size}: no room to generate")
@@ -343,9 +378,9 @@ class GPT(nn.Module):
         alive = idx.new_empty(1, 0)                                    # (beams, generated so far)
         scores = torch.zeros(1, device=idx.device)                     # (beams,) sum of log-probs
         finished = []                                                  # (tokens, score)
-        cache, todo = (prefix_kv if P else None), idx
+        kv, todo = (prefix_kv if P else None), idx
         for _ in range(max_new_tokens):
-            logits, cache, _ = self.step(todo, cache, None)            # (beams, vocab)
+            logits, kv, _ = self.step(todo, kv, None)                  # (beams, vocab)
             candidates = scores[:, None] + torch.log_softmax(logits.float(), dim=-1)
             V = candidates.size(1)
             top_scores, top_ids = candidates.view(-1).topk(min(2 * beam_width, candidates.numel()))
@@ -364,7 +399,7 @@ class GPT(nn.Module):
             todo = torch.tensor(keep_tok, device=idx.device)[:, None]          # (beams, 1)
             alive = torch.cat([alive[rows], todo], dim=1)
             scores = torch.tensor(keep_score, device=idx.device)
-            cache = [(k[rows], v[rows]) for k, v in cache]
+            kv = [(k[rows], v[rows]) for k, v in kv]
         else:
             finished += [(alive[b].tolist(), scores[b].item()) for b in range(alive.size(0))]
         if not finished:  # every surviving beam was cut by the finish rule above; keep them
@@ -374,6 +409,10 @@ class GPT(nn.Module):
 
 def sample_next(logits, temperature=1.0, top_k=None):
     """logits (B, vocab) → next token ids (B, 1). temperature 0 means greedy."""
+    if not temperature >= 0:   # also catches NaN; a negative one would sample the inverted distribution
+        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None for all tokens), got {top_k}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
@@ -381,20 +420,3 @@ def sample_next(logits, temperature=1.0, top_k=None):
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1)
-
-
-def make_adamw(module: nn.Module, lr, weight_decay, betas=(0.9, 0.95), device_type="cpu"):
-    """AdamW over the parameters that require grad only: matrices and embeddings decay, biases and
-    LayerNorm gains do not (decaying a gain pulls it toward 0, which is not regularisation)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    # fused kernels exist for CUDA and CPU in recent PyTorch; fall back quietly elsewhere
-    fused = device_type in ("cuda", "cpu")
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)

@@ -16,16 +16,10 @@ and what they return is a plain `prefix_kv` that GPT.forward and GPT.generate ta
     PromptTuning : P soft input embeddings E; the per-layer keys/values are what the frozen model
                    computes from E — a prefix constrained to be reachable from the input layer.
 """
-import hashlib
-import os
-
 import torch
 import torch.nn as nn
 
-from checkpoint import atomic_torch_save, safe_torch_load
 from model import GPT, GPTConfig
-
-PREFIX_FORMAT = "prefixgpt-prefix/1"
 
 
 def _check_model(config: GPTConfig, model: GPT | None):
@@ -72,8 +66,11 @@ class PrefixTuning(nn.Module):
 
     @torch.no_grad()
     def fold(self) -> "PrefixTuning":
-        """After training, keep only P = MLP(P') as plain tensors (the paper drops the MLP)."""
-        folded = PrefixTuning(self.config, self.n_prefix, reparam=False)
+        """After training, keep only P = MLP(P') as plain tensors (the paper drops the MLP). A prefix
+        without reparameterisation is already folded: itself."""
+        if not self.reparam:
+            return self
+        folded = PrefixTuning(self.config, self.n_prefix, reparam=False).to(self.prefix_input.device)
         folded.prefix.copy_(self.prefix_tensor())
         return folded
 
@@ -109,12 +106,16 @@ class PromptTuning(nn.Module):
         super().__init__()
         if n_prefix < 1:
             raise ValueError(f"n_prefix must be at least 1, got {n_prefix}")
-        self.config, self.n_prefix, self.reparam = config, n_prefix, False
+        self.config, self.n_prefix = config, n_prefix
         self.soft_embeds = nn.Parameter(torch.randn(n_prefix, config.n_embd) * 0.02)   # (P, C)
 
     def forward(self, model: GPT) -> list:
         _check_model(self.config, model)
         return model.key_values(embeds=self.soft_embeds.unsqueeze(0))                    # each (1, nh, P, hd)
+
+    def fold(self) -> "PromptTuning":
+        """Nothing to fold: the soft embeddings are what is saved (so every prefix module has fold())."""
+        return self
 
     @torch.no_grad()
     def init_from_tokens(self, model: GPT, token_ids):
@@ -124,6 +125,9 @@ class PromptTuning(nn.Module):
             raise ValueError(f"{ids.numel()} init tokens for a prompt of n_prefix={self.n_prefix}")
         self.soft_embeds.copy_(model.transformer.wte(ids))
         return self
+
+
+PREFIX_METHODS = ("prefix", "prefix-reparam", "prompt")
 
 
 def build_prefix(method: str, config: GPTConfig, n_prefix: int, reparam_hidden: int = 512):
@@ -141,6 +145,7 @@ def method_of(prefix: nn.Module) -> str:
     if isinstance(prefix, PromptTuning):
         return "prompt"
     return "prefix-reparam" if prefix.reparam else "prefix"
+
 
 
 def init_text_tokens(tokenizer, text: str, n_prefix: int) -> list[int]:
@@ -185,84 +190,6 @@ def batch_prefixes(prefix_kvs: list, rows: list[int] | None = None):
             out[layer][0][b, :, :n] = k[0]
             out[layer][1][b, :, :n] = v[0]
     return out, mask
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving and loading a prefix alone.
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash of a model's weights: tells a prefix which base it was trained on."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def save_prefix(path: str, prefix: nn.Module, tokenizer: str, base_fingerprint: str | None = None,
-                metrics: dict | None = None):
-    """Save the prefix's tensors and what it needs to fit a model (dimensions, P, method, tokenizer)."""
-    c = prefix.config
-    atomic_torch_save({
-        "format": PREFIX_FORMAT,
-        "method": method_of(prefix),
-        "n_prefix": prefix.n_prefix,
-        "reparam_hidden": getattr(prefix, "reparam_hidden", 0),
-        "model": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
-                  "vocab_size": c.vocab_size, "block_size": c.block_size},
-        "tokenizer": tokenizer,
-        "base_fingerprint": base_fingerprint,
-        "metrics": metrics or {},
-        "state": {k: v.detach().cpu() for k, v in prefix.state_dict().items()},
-    }, path)
-
-
-def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
-    """Load a prefix saved by save_prefix and check that it fits `model` (and tokenizer / base weights
-    when given). Returns (prefix module, the saved dict's metadata)."""
-    blob = safe_torch_load(path, "prefix file")
-    if not isinstance(blob, dict) or blob.get("format") != PREFIX_FORMAT:
-        raise ValueError(f"{path} is not a prefixgpt prefix file (format {PREFIX_FORMAT})")
-    want, have = blob["model"], model.config
-    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
-        if want[key] != getattr(have, key):
-            raise ValueError(f"prefix {path} was made for a model with {key}={want[key]}, but this model has "
-                             f"{key}={getattr(have, key)}: load it with the base model it was trained on")
-    if tokenizer is not None and blob["tokenizer"] != tokenizer:
-        raise ValueError(f"prefix {path} was trained with the {blob['tokenizer']!r} tokenizer, "
-                         f"the model uses {tokenizer!r}")
-    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
-        raise ValueError(f"prefix {path} was trained on another base model (weights {blob['base_fingerprint']}, "
-                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
-    cfg = GPTConfig(**{**have.__dict__, **{k: want[k] for k in ("n_layer", "n_head", "n_embd")}})
-    prefix = build_prefix(blob["method"], cfg, blob["n_prefix"], blob.get("reparam_hidden") or 512)
-    prefix.load_state_dict(blob["state"])
-    return prefix, {k: v for k, v in blob.items() if k != "state"}
-
-
-def short_labels(paths: list[str]) -> list[str]:
-    """The file names, or as many trailing folders as it takes to tell them apart
-    (out/a/prefix.pt and out/b/prefix.pt become a/prefix.pt and b/prefix.pt)."""
-    parts = [os.path.normpath(p).split(os.sep) for p in paths]
-    for n in range(1, max((len(q) for q in parts), default=1) + 1):
-        labels = ["/".join(q[-n:]) for q in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return paths
-
-
-def load_prefixes(paths: list[str], model: GPT, tokenizer: str, with_base: bool = False):
-    """Several prefix files for one base model, each checked against it by load_prefix, and labels
-    that tell them apart. Returns (prefixes, labels); None stands for the base without a prefix,
-    labelled "no prefix", and comes first when with_base is set or no path is given."""
-    prefixes, labels = ([None], ["no prefix"]) if with_base or not paths else ([], [])
-    fingerprint = weights_fingerprint(model) if paths else None
-    device = next(model.parameters()).device
-    for path, label in zip(paths, short_labels(paths)):
-        prefix, _ = load_prefix(path, model, tokenizer=tokenizer, base_fingerprint=fingerprint)
-        prefixes.append(prefix.to(device).eval())
-        labels.append(label)
-    return prefixes, labels
 
 
 # ----------------------------------------------------------------------------------------------

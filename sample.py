@@ -8,36 +8,46 @@ sample.py — generate text from a checkpoint, optionally steered by one or more
 Decoding uses the KV cache, which starts from the prefix (a prefix *is* a learned KV cache). With
 several prefixes every (prefix, sample) pair is a row of one mixed batch; each sample is labelled.
 """
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_model
-from cli import main_guard, parse
+from checkpoint import load_model, load_prefixes
+from cli import main_guard, parse, setting
 from data.tokenizer import get_tokenizer
-from prefix import batch_prefixes, load_prefixes
+from prefix import batch_prefixes
+from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 
 
 @dataclass
 class SampleConfig:
     ckpt: str = "out/shakespeare_baby/best.pt"
-    prefix: list[str] = field(default_factory=list)   # prefix files, comma-separated
+    prefix: list[str] = setting([])   # prefix files, comma-separated
     with_base: bool = False        # also sample the frozen base without any prefix, in the same batch
     prompt: str = "\n"             # text, or FILE:path to read it from a file
-    num_samples: int = 2
-    max_new_tokens: int = 200
-    temperature: float = 0.8       # 0 = greedy
-    top_k: int | None = 200
+    num_samples: int = setting(2, min=1)
+    max_new_tokens: int = setting(200, min=1)
+    temperature: float = setting(0.8, min=0.0)   # 0 = greedy; higher = more random
+    top_k: int | None = setting(200, min=1)      # sample among the k likeliest tokens; none = all
     seed: int = 1337
     stop_at_eot: bool = False      # stop a sample at the tokenizer's end marker ("\n" for bytes)
-    device: str = "cpu"
+    device: str = setting("auto", pattern=DEVICE_PATTERN)
+    dtype: str = setting("float32", choices=DTYPES)
 
 
 def read_prompt(prompt: str) -> str:
-    if prompt.startswith("FILE:"):
-        with open(prompt[5:], encoding="utf-8") as f:
+    """The prompt text, or with FILE:path the UTF-8 text of that file (one-line errors otherwise)."""
+    if not prompt.startswith("FILE:"):
+        return prompt
+    path = prompt[5:]
+    if os.path.isdir(path):
+        raise ValueError(f"--prompt=FILE:{path} is a directory: give a text file")
+    try:
+        with open(path, encoding="utf-8") as f:
             return f.read()
-    return prompt
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt=FILE:{path} is not UTF-8 text (byte {e.start})") from None
 
 
 def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list[str], num_samples: int,
@@ -69,13 +79,15 @@ def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list
 def main(argv):
     cfg = SampleConfig()
     parse(argv, cfg, prog="sample.py", description=__doc__.split("\n\n")[0])
-    torch.manual_seed(cfg.seed)
-    model, ckpt = load_model(cfg.ckpt, cfg.device)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, ckpt = load_model(cfg.ckpt, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     prefixes, labels = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
     prompt = read_prompt(cfg.prompt)
-    for label, text in generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,
-                                        cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.stop_at_eot):
+    with rt.autocast:
+        samples = generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,
+                                   cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.stop_at_eot)
+    for label, text in samples:
         print(f"--- [{label}] ---")
         print(prompt + text)
 

@@ -12,7 +12,6 @@ Writes to out_dir: last.pt and best.pt (atomic), config.json, metrics.jsonl, los
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,10 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, safe_torch_load
-from cli import main_guard, parse, save_json
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import main_guard, parse, setting, validate
 from data.bins import load_bin
-from model import GPT, GPTConfig, make_adamw
+from model import GPT, GPTConfig
+from optim import cosine_lr, make_adamw, set_lr
+from runlog import MetricsLog, claim_run_dir, finite_or_none, fmt_time, write_json, write_run_config
+from runtime import DEVICE_PATTERN, DTYPES, StopOnSignal, setup_runtime
+from scoring import eval_mode, full_split_loss
 
 
 @dataclass
@@ -32,36 +35,26 @@ class TrainConfig:
     data_dir: str = "data/shakespeare"
     out_dir: str = "out/shakespeare"
     resume: bool = False          # continue from out_dir/last.pt
-    overwrite: bool = False       # allow a fresh run to replace checkpoints already in out_dir
-    batch_size: int = 12          # sequences per micro-step
-    grad_accum: int = 1           # micro-steps per optimiser step (the loss is divided by it)
-    max_iters: int = 2000         # optimiser steps
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int = 2000    # cosine decay from learning_rate to min_lr ends here
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0        # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20          # batches per split in each evaluation
-    log_interval: int = 10
+    overwrite: bool = False       # allow a fresh run to replace an earlier pretraining run in out_dir
+    batch_size: int = setting(12, min=1)      # sequences per micro-step
+    grad_accum: int = setting(1, min=1)       # micro-steps per optimiser step (the loss is divided by it)
+    max_iters: int = setting(2000, min=1)     # optimiser steps
+    learning_rate: float = setting(1e-3, gt=0.0)
+    min_lr: float = setting(1e-4, min=0.0)
+    warmup_iters: int = setting(100, min=0)
+    lr_decay_iters: int = setting(2000, min=1)  # cosine decay from learning_rate to min_lr ends here
+    weight_decay: float = setting(0.1, min=0.0)
+    beta1: float = setting(0.9, min=0.0, max=0.9999)
+    beta2: float = setting(0.99, min=0.0, max=0.9999)
+    grad_clip: float = setting(1.0, min=0.0)  # 0 disables clipping
+    eval_interval: int = setting(250, min=0)  # 0: no evaluation during training (the final pass still runs)
+    eval_iters: int = setting(20, min=1)      # batches per split in each evaluation
+    log_interval: int = setting(10, min=1)
     seed: int = 1337
-    device: str = "auto"          # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"           # auto (bfloat16 autocast on CUDA, float32 elsewhere) | float32 | bfloat16
+    device: str = setting("auto", pattern=DEVICE_PATTERN)   # auto | cpu | cuda | cuda:N | mps
+    dtype: str = setting("auto", choices=DTYPES)  # auto: bfloat16 autocast on CUDA cards that have it, else fp32
     compile: bool = False         # torch.compile (worth it on GPUs; off by default because CPU gains little)
     plot: bool = True             # redraw out_dir/loss.png at every evaluation
-
-
-def cosine_lr(it: int, max_lr: float, min_lr: float, warmup_iters: int, decay_iters: int) -> float:
-    """Linear warmup from max_lr/(warmup+1) (never 0 at step 0), then cosine down to min_lr."""
-    if it < warmup_iters:
-        return max_lr * (it + 1) / (warmup_iters + 1)
-    if it >= decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
 def get_batch(data: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, device):
@@ -75,115 +68,22 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, gen: torch.Gen
     return x.to(device), y.to(device)
 
 
-def pick_device(name: str) -> str:
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def autocast_context(device: str, dtype: str):
-    if device.startswith("cuda") and dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if dtype == "bfloat16" and device == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def estimate_loss(model, splits: dict, cfg: TrainConfig, block_size: int, device, ctx) -> dict:
     """Mean loss over eval_iters batches per split. The batches are the same at every evaluation
     (a generator seeded afresh), so changes in the curve come from the model, not from sampling."""
-    model.eval()
     out = {}
-    for name, data in splits.items():
-        gen = torch.Generator().manual_seed(cfg.seed + 999)
-        losses = []
-        for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.batch_size, block_size, gen, device)
-            with ctx:
-                _, loss = model(x, y)
-            losses.append(loss.item())
-        out[name] = float(np.mean(losses))
-    model.train()
+    with eval_mode(model):
+        for name, data in splits.items():
+            gen = torch.Generator().manual_seed(cfg.seed + 999)
+            losses = []
+            for _ in range(cfg.eval_iters):
+                x, y = get_batch(data, cfg.batch_size, block_size, gen, device)
+                with ctx:
+                    _, loss = model(x, y)
+                losses.append(loss.item())
+            out[name] = float(np.mean(losses))
     return out
-
-
-@torch.no_grad()
-def full_split_loss(model, data: np.ndarray, block_size: int, batch_size: int, device, ctx,
-                    max_tokens: int = 2_000_000) -> float:
-    """Loss over every non-overlapping block_size window of a split (up to max_tokens): the number to
-    compare runs by. The eval_iters estimate above is cheaper but swings by ±0.02 on Tiny Shakespeare."""
-    model.eval()
-    n = min(len(data) - 1, max_tokens) // block_size
-    ids = torch.from_numpy(data[: n * block_size + 1].astype(np.int64))
-    x, y = ids[:-1].view(n, block_size), ids[1:].view(n, block_size)
-    total = 0.0
-    for i in range(0, n, batch_size):
-        with ctx:
-            _, loss = model(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
-        total += loss.item() * len(x[i:i + batch_size])
-    model.train()
-    return total / n
-
-
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line) and a loss-curve PNG, both in out_dir."""
-
-    def __init__(self, out_dir: str, append: bool):
-        import json
-        self.json = json
-        self.path = os.path.join(out_dir, "metrics.jsonl")
-        self.png = os.path.join(out_dir, "loss.png")
-        self.rows = []
-        if append and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            open(self.path, "w", encoding="utf-8").close()
-
-    def write(self, **row):
-        self.rows.append(row)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(self.json.dumps(row) + "\n")
-
-    def plot(self, title: str):
-        plot_losses(self.rows, self.png, title)
-
-
-def plot_losses(rows, png_path, title):
-    """Train loss per logged step (thin) and the evaluated train/val losses (markers)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if steps:
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.6, alpha=0.5, label="train (batch)")
-    evals_train = [r for r in evals if math.isfinite(r.get("train_loss", float("nan")))]
-    if evals_train:
-        ax.plot([r["iter"] for r in evals_train], [r["train_loss"] for r in evals_train], "o-", label="train (eval)")
-    if evals:
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "s-", label="val (eval)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
-
-
-def fmt_time(seconds: float) -> str:
-    m, s = divmod(int(seconds + 0.5), 60)
-    return f"{m}m{s:02d}s"
 
 
 def resolve_configs(argv):
@@ -193,250 +93,249 @@ def resolve_configs(argv):
     seen = parse(argv, cfg, model_cfg, prog="train.py", description=__doc__.split("\n\n")[0])
     ckpt = None
     if cfg.resume:
-        ckpt = safe_torch_load(os.path.join(cfg.out_dir, "last.pt"), "checkpoint to resume")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{cfg.out_dir}/last.pt is not a prefixgpt checkpoint")
+        ckpt = load_checkpoint(os.path.join(cfg.out_dir, "last.pt"), need_resume=True)
         saved_model = GPTConfig(**ckpt["model_config"])
         for name in seen & set(asdict(model_cfg)):
             if name != "dropout" and getattr(model_cfg, name) != getattr(saved_model, name):
                 raise ValueError(f"cannot change {name} when resuming (checkpoint has "
                                  f"{getattr(saved_model, name)}): start a new run in another --out_dir")
         saved_model.dropout = model_cfg.dropout if "dropout" in seen else saved_model.dropout
+        unknown = set(ckpt["train_config"]) - set(asdict(cfg))
+        if unknown:
+            raise ValueError(f"{cfg.out_dir}/last.pt has settings this version does not know: {sorted(unknown)}")
         resumed = TrainConfig(**ckpt["train_config"])
         for name in seen & set(asdict(cfg)):
             setattr(resumed, name, getattr(cfg, name))
         cfg, model_cfg = resumed, saved_model
+        validate(cfg, model_cfg)
     return cfg, model_cfg, seen, ckpt
 
 
-def main(argv):
-    cfg, model_cfg, seen, ckpt = resolve_configs(argv)
+def setup_processes(device: str):
+    """Data parallel when torchrun started us (WORLD_SIZE > 1): NCCL on GPUs, Gloo on CPU.
+    Returns (ddp, rank, world, device): each GPU process takes the card of its LOCAL_RANK."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, 0, 1, device
+    gpu = torch.cuda.is_available() and device in ("auto", "cuda")
+    dist.init_process_group(backend="nccl" if gpu else "gloo")
+    if gpu:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return True, dist.get_rank(), dist.get_world_size(), device
 
-    # -- processes and devices -------------------------------------------------------------------
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    device = pick_device(cfg.device)
-    if ddp:
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-    master = rank == 0
-    say = print if master else (lambda *a, **k: None)
-    torch.manual_seed(cfg.seed + rank)
-    if device == "cpu":
-        # Tiny values late in training become denormal floats, which CPUs handle ~100x slower.
-        torch.set_flush_denormal(True)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    ctx = autocast_context(device, cfg.dtype)
 
-    # -- data ------------------------------------------------------------------------------------
-    train_data, val_data, meta = load_bin(cfg.data_dir)
+def check_data(cfg, model_cfg, ckpt, train_data, val_data, meta):
+    """The corpus must fit the model: its tokenizer, vocabulary and length."""
     if ckpt is None:
         if model_cfg.vocab_size == 0:
             model_cfg.vocab_size = meta["vocab_size"]
         elif model_cfg.vocab_size < meta["vocab_size"]:
             raise ValueError(f"--vocab_size={model_cfg.vocab_size} is smaller than the data's vocabulary "
                              f"({meta['vocab_size']}, tokenizer {meta['tokenizer']})")
-    elif ckpt.get("tokenizer") != meta["tokenizer"]:
-        raise ValueError(f"the checkpoint was trained with the {ckpt.get('tokenizer')!r} tokenizer but "
+    elif ckpt["tokenizer"] != meta["tokenizer"]:
+        raise ValueError(f"the checkpoint was trained with the {ckpt['tokenizer']!r} tokenizer but "
                          f"{cfg.data_dir} holds {meta['tokenizer']!r} tokens")
     for name, data in (("train", train_data), ("val", val_data)):
         if len(data) <= model_cfg.block_size + 1:
             raise ValueError(f"{cfg.data_dir}/{name}.bin has {len(data)} tokens, fewer than block_size+1 "
                              f"({model_cfg.block_size + 1}): use more text or a smaller --block_size")
 
-    # -- output folder: never clobber an earlier run by accident ---------------------------------
-    last_path = os.path.join(cfg.out_dir, "last.pt")
-    best_path = os.path.join(cfg.out_dir, "best.pt")
-    if master:
-        if not cfg.resume and not cfg.overwrite and (os.path.exists(last_path) or os.path.exists(best_path)):
-            raise ValueError(f"{cfg.out_dir} already holds checkpoints: pass --resume to continue that run, "
-                             "--out_dir=... to start elsewhere, or --overwrite to replace them")
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        save_json(os.path.join(cfg.out_dir, "config.json"),
-                  {"train": asdict(cfg), "model": asdict(model_cfg), "tokenizer": meta["tokenizer"],
-                   "data": meta, "world_size": world})
 
-    # -- model and optimiser ---------------------------------------------------------------------
+def restore_state(ckpt, optimizer, batch_gen, cfg, rank, device) -> tuple[int, float]:
+    """Continue a run from its checkpoint: optimiser, RNG streams, iteration. Rank 0 gets its saved streams
+    back; the other ranks reseed theirs from (seed, rank, iteration), so after a resume every rank still
+    draws its own dropout masks and batches, as before it."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    iter_num, rng = ckpt["iter_num"], ckpt["rng"]
+    if rank == 0:
+        torch.set_rng_state(rng["torch"])
+        batch_gen.set_state(rng["batches"])
+        if rng.get("cuda") is not None and device.startswith("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"])
+    else:
+        torch.manual_seed(cfg.seed + rank + 1_000_003 * iter_num)
+        batch_gen.manual_seed(cfg.seed + rank + 1_000_003 * iter_num)
+    return iter_num, ckpt["best_val_loss"]
+
+
+def agree_to_stop(stop: StopOnSignal, ddp: bool, device) -> bool:
+    """True when any process got a signal. Under DDP the ranks must agree: one rank leaving the loop
+    while another waits in the next gradient all-reduce would hang both. Called at log steps only, as
+    reading the flag waits for the GPU."""
+    if not ddp:
+        return stop.signal is not None
+    flag = torch.tensor([float(stop.signal or 0)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    stop.signal = stop.signal or (int(flag.item()) or None)
+    return stop.signal is not None
+
+
+def main(argv):
+    cfg, model_cfg, seen, ckpt = resolve_configs(argv)
+    ddp, rank, world, device = setup_processes(cfg.device)
+    rt = setup_runtime(device, cfg.dtype, seed=cfg.seed + rank)
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    train_data, val_data, meta = load_bin(cfg.data_dir)
+    check_data(cfg, model_cfg, ckpt, train_data, val_data, meta)
+    if master:   # never clobber other work: a fresh run needs an empty folder or --overwrite
+        claim_run_dir(cfg.out_dir, "pretrain", cfg.overwrite, cfg.resume)
+        write_run_config(cfg.out_dir, "pretrain", {"train": asdict(cfg), "model": asdict(model_cfg),
+                                                   "tokenizer": meta["tokenizer"], "data": meta, "world_size": world})
     model = GPT(model_cfg)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-    model.to(device)
-    optimizer = make_adamw(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                           device_type=device.split(":")[0])
-    iter_num, best_val = 0, float("inf")
+    model.to(rt.device)
+    optimizer = make_adamw(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), rt.device_type)
     batch_gen = torch.Generator().manual_seed(cfg.seed + rank)
+    iter_num, best_val = 0, float("inf")
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        iter_num, best_val = ckpt["iter_num"], ckpt["best_val_loss"]
-        rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and device.startswith("cuda"):
-            torch.cuda.set_rng_state(rng["cuda"])
-        if rank == 0:
-            batch_gen.set_state(rng["batches"])
-        else:  # only rank 0's stream is saved; the others restart theirs deterministically
-            batch_gen.manual_seed(cfg.seed + rank + 1_000_003 * iter_num)
-        say(f"resuming {last_path} at iteration {iter_num} (best val loss {best_val:.4f})")
+        iter_num, best_val = restore_state(ckpt, optimizer, batch_gen, cfg, rank, rt.device)
+        say(f"resuming {cfg.out_dir}/last.pt at iteration {iter_num} (best val loss {best_val:.4f})")
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device.startswith("cuda") else None)
-    n_params = raw_model.num_params()
+        model = DDP(model, device_ids=[torch.device(rt.device).index] if rt.device.startswith("cuda") else None)
     tokens_per_iter = cfg.batch_size * model_cfg.block_size * cfg.grad_accum * world
-    say(f"model: {n_params / 1e6:.2f}M parameters (non-embedding) | {model_cfg.n_layer} layers, "
+    say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters (non-embedding) | {model_cfg.n_layer} layers, "
         f"{model_cfg.n_head} heads, {model_cfg.n_embd} wide, block {model_cfg.block_size}, vocab "
-        f"{model_cfg.vocab_size} ({meta['tokenizer']}) | device {device} x{world} | "
+        f"{model_cfg.vocab_size} ({meta['tokenizer']}) | device {rt.device} x{world}, {rt.dtype} | "
         f"{tokens_per_iter:,} tokens/iter")
+    run = Run(cfg, model_cfg, rt, raw_model, optimizer, meta["tokenizer"], batch_gen, iter_num, best_val, master)
+    with StopOnSignal() as stop:
+        train_loop(run, model, train_data, val_data, stop, ddp, say, tokens_per_iter)
+    if stop.signal is not None:
+        if master:
+            run.save("last.pt")
+        say(f"stopped by signal {stop.signal} at iteration {run.iter_num}; saved {cfg.out_dir}/last.pt. "
+            "Continue with the same command plus --resume.")
+        leave(130, ddp)
+    if master:
+        finish(run, val_data, say)
+    leave(0, ddp)
 
-    def save(path, val_loss):
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT,
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "model_config": asdict(model_cfg),
-            "train_config": asdict(cfg),
-            "tokenizer": meta["tokenizer"],
-            "iter_num": iter_num,
-            "best_val_loss": best_val,
-            "val_loss": val_loss,
-            "rng": {"torch": torch.get_rng_state(), "batches": pending_state,
-                    "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None},
-        }, path)
 
-    log = MetricsLog(cfg.out_dir, append=cfg.resume) if master else None
-    title = f"{os.path.basename(os.path.normpath(cfg.out_dir))}: {model_cfg.n_layer}L {model_cfg.n_embd}d"
+class Run:
+    """What a checkpoint holds, kept together: model, optimiser, counters, RNG streams. save() writes it
+    (refusing non-finite weights, so the last good checkpoint survives a divergence)."""
 
-    # Ctrl-C / SIGTERM: finish the current step, save last.pt, exit.
-    stop = {"signal": None}
+    def __init__(self, cfg, model_cfg, rt, model, optimizer, tokenizer, batch_gen, iter_num, best_val, master):
+        self.cfg, self.model_cfg, self.rt, self.model, self.optimizer = cfg, model_cfg, rt, model, optimizer
+        self.tokenizer, self.batch_gen, self.master = tokenizer, batch_gen, master
+        self.iter_num, self.best_val, self.last_val = iter_num, best_val, None
+        self.batch_state = batch_gen.get_state()   # the sampler state the next step's batch was drawn from
+        self.log = MetricsLog(cfg.out_dir, append=cfg.resume) if master else None
+        self.t_train = 0.0                          # seconds spent in training steps (no evals, no compile)
+        self.start_iter, self.t_start = iter_num, time.time()
 
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    def save(self, name: str, val_loss: float | None = None):
+        save_checkpoint(os.path.join(self.cfg.out_dir, name), self.model, self.tokenizer,
+                        optimizer=self.optimizer.state_dict(), train_config=asdict(self.cfg),
+                        iter_num=self.iter_num, best_val_loss=self.best_val, val_loss=val_loss,
+                        rng={"torch": torch.get_rng_state(), "batches": self.batch_state,
+                             "cuda": torch.cuda.get_rng_state() if self.rt.device.startswith("cuda") else None})
 
-    def should_stop() -> bool:
-        """True when any process got a signal. Under DDP the ranks must agree: one rank leaving the
-        loop while another waits in the next gradient all-reduce would hang both. They agree at log
-        steps only, as reading the flag waits for the GPU and would stall every step."""
-        if not ddp:
-            return stop["signal"] is not None
-        if iter_num % cfg.log_interval != 0:
-            return False
-        flag = torch.tensor([0.0 if stop["signal"] is None else float(stop["signal"])], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0 and stop["signal"] is None:
-            stop["signal"] = int(flag.item())
-        return flag.item() > 0
-
-    def evaluate():
-        nonlocal best_val
-        losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg,
-                               model_cfg.block_size, device, ctx)
+    def evaluate(self, train_data, val_data, say):
+        losses = estimate_loss(self.model, {"train": train_data, "val": val_data}, self.cfg,
+                               self.model_cfg.block_size, self.rt.device, self.rt.autocast)
         if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"evaluation loss is {losses} at iteration {iter_num}")
-        say(f"eval @ {iter_num}: train {losses['train']:.4f} | val {losses['val']:.4f}")
-        log.write(iter=iter_num, train_loss=losses["train"], val_loss=losses["val"])
-        if losses["val"] < best_val:
-            best_val = losses["val"]
-            save(best_path, losses["val"])
-        save(last_path, losses["val"])
-        if cfg.plot:
-            log.plot(title)
-        return losses
+            raise FloatingPointError(f"evaluation loss is {losses} at iteration {self.iter_num}")
+        say(f"eval @ {self.iter_num}: train {losses['train']:.4f} | val {losses['val']:.4f}")
+        self.log.write(iter=self.iter_num, train_loss=losses["train"], val_loss=losses["val"])
+        self.last_val = losses["val"]
+        if losses["val"] < self.best_val:
+            self.best_val = losses["val"]
+            self.save("best.pt", losses["val"])
+        self.save("last.pt", losses["val"])
+        if self.cfg.plot:
+            self.log.plot(f"{os.path.basename(os.path.normpath(self.cfg.out_dir))}: "
+                          f"{self.model_cfg.n_layer}L {self.model_cfg.n_embd}d")
 
-    # -- the loop ------------------------------------------------------------------------------------
-    model.train()
-    t_start = time.time()
-    t_eval = 0.0
-    start_iter = iter_num
-    last_eval = None
-    pending_state = batch_gen.get_state()
-    x, y = get_batch(train_data, cfg.batch_size, model_cfg.block_size, batch_gen, device)
-    t_last = time.time()
+
+def train_loop(run: Run, model, train_data, val_data, stop, ddp, say, tokens_per_iter):
+    """nanoGPT's loop: evaluate (and save) at the top, then one optimiser step of grad_accum micro-steps,
+    then log. The next batch is fetched while the backward pass is queued (they overlap on GPUs)."""
+    cfg, rt, block = run.cfg, run.rt, run.model_cfg.block_size
+    x, y = get_batch(train_data, cfg.batch_size, block, run.batch_gen, rt.device)
+    t_last, window_s, steps_since_log = time.time(), 0.0, 0   # training time of the steps since the last log
     try:
-        if master and iter_num == 0 and cfg.eval_interval > 0:
-            t0 = time.time()
-            last_eval = evaluate()
-            t_eval += time.time() - t0
-            t_last = time.time()
-        while iter_num < cfg.max_iters:
-            lr = cosine_lr(iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        while True:
+            at_eval = cfg.eval_interval and (run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters)
+            if run.master and at_eval and (run.iter_num > run.start_iter or run.iter_num == 0):
+                window_s += time.time() - t_last
+                run.evaluate(train_data, val_data, say)
+                t_last = time.time()
+            if run.iter_num >= cfg.max_iters:
+                break
+            set_lr(run.optimizer, lr := cosine_lr(run.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
+                                                  cfg.lr_decay_iters))
             for micro in range(cfg.grad_accum):
                 sync = (not ddp) or micro == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), ctx:
+                with (model.no_sync() if not sync else contextlib.nullcontext()), rt.autocast:
                     _, loss = model(x, y)
                     loss = loss / cfg.grad_accum
-                # fetch the next batch while the backward pass is queued (overlaps on GPUs); a
-                # checkpoint stores the sampler state from *before* this fetch, so resuming refetches it
-                pending_state = batch_gen.get_state()
-                x, y = get_batch(train_data, cfg.batch_size, model_cfg.block_size, batch_gen, device)
-                loss.backward()
+                # a checkpoint stores the sampler state from *before* this fetch, so resuming refetches it
+                run.batch_state = run.batch_gen.get_state()
+                x, y = get_batch(train_data, cfg.batch_size, block, run.batch_gen, rt.device)
+                rt.scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                rt.scaler.unscale_(run.optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
-
-            if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+            rt.scaler.step(run.optimizer)
+            rt.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.iter_num += 1
+            steps_since_log += 1
+            if cfg.compile and run.iter_num == run.start_iter + 1:
+                loss.item()   # wait for the first step: compiling happens in it, and is not a step's cost
+                say(f"compiled in {window_s + time.time() - t_last:.1f} s (not counted in ms/iter or tokens/s)")
+                t_last, window_s, steps_since_log = time.time(), 0.0, 0
+            if run.iter_num % cfg.log_interval == 0 or run.iter_num == cfg.max_iters:
                 loss_value = loss.item() * cfg.grad_accum
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training loss is {loss_value} at iteration {iter_num}")
-                now = time.time()
-                steps = cfg.log_interval if iter_num % cfg.log_interval == 0 else iter_num % cfg.log_interval
-                ms = (now - t_last) * 1000 / steps
-                t_last = now
-                tok_s = tokens_per_iter / (ms / 1000)
-                eta = (cfg.max_iters - iter_num) * ms / 1000
-                say(f"iter {iter_num}/{cfg.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
-                    f"{ms:.1f} ms/iter | {tok_s / 1000:.1f}k tok/s | ETA {fmt_time(eta)}")
-                if master:
-                    log.write(iter=iter_num, loss=loss_value, lr=lr, ms_per_iter=ms, tokens_per_s=tok_s)
-            if master and cfg.eval_interval > 0 and (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters):
-                t0 = time.time()
-                last_eval = evaluate()
-                t_eval += time.time() - t0
-                t_last = time.time()
-            if should_stop():
+                    raise FloatingPointError(f"training loss is {loss_value} at iteration {run.iter_num}")
+                window_s += time.time() - t_last
+                if steps_since_log:
+                    ms = window_s * 1000 / steps_since_log
+                    run.t_train += window_s
+                    say(f"iter {run.iter_num}/{cfg.max_iters} | loss {loss_value:.4f} | lr {lr:.2e} | "
+                        f"{ms:.1f} ms/iter | {tokens_per_iter / ms:.1f}k tok/s | "
+                        f"ETA {fmt_time((cfg.max_iters - run.iter_num) * ms / 1000)}")
+                    if run.master:
+                        run.log.write(iter=run.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms,
+                                      tokens_per_s=tokens_per_iter / (ms / 1000))
+                t_last, window_s, steps_since_log = time.time(), 0.0, 0
+                if agree_to_stop(stop, ddp, rt.device):
+                    break
+            elif not ddp and stop.signal is not None:
                 break
     except FloatingPointError as e:
         raise ValueError(f"{e}: training diverged; the last good checkpoint is kept in {cfg.out_dir} "
                          "(try a lower --learning_rate or --grad_clip)") from None
 
-    elapsed = time.time() - t_start
-    if stop["signal"] is not None:
-        if master:
-            save(last_path, float("nan") if last_eval is None else last_eval["val"])
-        say(f"stopped by signal {stop['signal']} at iteration {iter_num}; saved {last_path}. "
-            "Continue with the same command plus --resume.")
-        leave(130, ddp)
-    if master:
-        if last_eval is None or cfg.eval_interval <= 0:
-            save(last_path, float("nan"))
-        done = iter_num - start_iter
-        full_val = full_split_loss(raw_model, val_data, model_cfg.block_size, 64, device, ctx)
-        summary = {"iters": done, "seconds": elapsed, "train_seconds": elapsed - t_eval,
-                   "ms_per_iter": 1000 * (elapsed - t_eval) / max(done, 1),
-                   "final_val_loss": None if last_eval is None else last_eval["val"],
-                   "best_val_loss": best_val if math.isfinite(best_val) else None,
-                   "final_val_loss_full_split": full_val}
-        log.write(summary=summary)
-        save_json(os.path.join(cfg.out_dir, "summary.json"), summary)
-        val = "n/a" if last_eval is None else f"{last_eval['val']:.4f}"
-        best = f"{best_val:.4f}" if math.isfinite(best_val) else "n/a"
-        say(f"done: {done} iterations in {elapsed:.1f} s ({elapsed - t_eval:.1f} s training, "
-            f"{summary['ms_per_iter']:.1f} ms/iter) | val loss final {val}, best {best} "
-            f"(estimates) | whole val split {full_val:.4f} | {cfg.out_dir}")
-    leave(0, ddp)
+
+def finish(run: Run, val_data, say):
+    """After the last step: last.pt (unless the final evaluation just wrote it), the loss over the whole
+    val split, summary.json. Ctrl-C here interrupts as usual: last.pt is already saved."""
+    cfg = run.cfg
+    if run.last_val is None or not cfg.eval_interval or run.iter_num % cfg.eval_interval:
+        run.save("last.pt", run.last_val)
+    full_val = full_split_loss(run.model, val_data, run.model_cfg.block_size, cfg.batch_size, run.rt.device,
+                               run.rt.autocast)
+    if not math.isfinite(full_val):
+        raise ValueError(f"the loss over the whole val split is {full_val}: the model is broken; "
+                         f"the last good checkpoint is kept in {cfg.out_dir}")
+    done = run.iter_num - run.start_iter
+    summary = {"iters": done, "seconds": time.time() - run.t_start, "train_seconds": run.t_train, "ms_per_iter": 1000 * run.t_train / max(done, 1),
+               "final_val_loss": run.last_val, "best_val_loss": finite_or_none(run.best_val),
+               "final_val_loss_full_split": full_val}
+    run.log.write(summary=summary)
+    write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
+    val = "n/a" if run.last_val is None else f"{run.last_val:.4f}"
+    best = f"{run.best_val:.4f}" if math.isfinite(run.best_val) else "n/a"
+    say(f"done: {done} iterations ({run.t_train:.1f} s training, {summary['ms_per_iter']:.1f} ms/iter) | val "
+        f"loss final {val}, best {best} (estimates) | whole val split {full_val:.4f} | {cfg.out_dir}")
 
 
 def leave(status: int, ddp: bool):

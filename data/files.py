@@ -1,26 +1,53 @@
 """
-data/files.py — the two file operations every prepare script needs.
+data/files.py — the file operations every script shares: one atomic write, and a cached download.
 
-write_atomic : write to path.tmp, then rename, so an interrupted run never leaves half a file at path
-               (text is UTF-8 with "\\n" line ends on every platform); write_json the same for JSON.
+atomic_write : the one routine that writes a file anyone may rely on (checkpoints, prefix files, JSON,
+               plots, token arrays). It writes path.tmp, flushes it to disk, then renames it over path,
+               so an interrupted run or a full disk never leaves half a file at path: the old file stays
+               whole and the temporary one is removed. write_atomic (text or bytes) and write_json are
+               its two common uses.
 download_once: fetch a URL into a file unless the file is already there, so a second run needs no
                network. Raises OSError (or http.client.HTTPException) when it cannot; each caller
                decides what that means (an error naming the local-path flag, or a fallback corpus).
+
+It knows nothing about models or tokens: callers hand it bytes, text, or a function that writes.
 """
 import json
 import os
 import urllib.request
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
+def atomic_write(path: str, fill) -> None:
+    """Create path by calling fill(f) on a binary file object open for writing, atomically.
+
+    On any failure (no space left, Ctrl-C, an exception in fill) the temporary file is removed and
+    whatever was at path before is left as it was; the error is re-raised as an OSError that names path.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
     tmp = path + ".tmp"
-    if isinstance(data, bytes):
+    try:
         with open(tmp, "wb") as f:
-            f.write(data)
-    else:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(data)
-    os.replace(tmp, path)
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())   # on disk before the rename, so a power cut cannot leave an empty file
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise OSError(f"could not write {path} ({e.strerror or e}); "
+                          "anything already there is left as it was") from None
+        raise
+
+
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Text (UTF-8, "\\n" line ends on every platform) or bytes, written atomically."""
+    raw = data if isinstance(data, bytes) else data.encode("utf-8")
+    atomic_write(path, lambda f: f.write(raw))
 
 
 def write_json(path: str, obj) -> None:

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from checkpoint import load_model
+from checkpoint import load_model, save_prefix, weights_fingerprint
 from data.shakespeare.prepare import prepare
 from data.tasks import collate, load_task
 from data.tokenizer import ByteTokenizer
-from prefix import PrefixTuning, save_prefix, weights_fingerprint
+from prefix import PrefixTuning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = ByteTokenizer()
@@ -147,7 +147,7 @@ def test_beam_search_of_width_one_is_greedy(setup):
 def test_batched_greedy_equals_one_prompt_at_a_time(setup):
     """(prefix, prompt) rows of different prefixes and prompt lengths decoded in one mixed batch (their
     caches batched like mixed-length prefixes) give exactly what generate gives for each row alone."""
-    from evaluate import greedy_batch
+    from scoring import greedy_batch
     model, _ = load_model(setup["base"])
     prefixes = []
     for n in (3, 6):
@@ -190,7 +190,7 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     finetune(setup, tmp_path / "q", "--max_iters=10", "--method=prompt")
     both = f"--prefix={tmp_path}/p/prefix.pt,{tmp_path}/q/prefix.pt"
     res = run("evaluate.py", "--mode=generate", f"--ckpt={setup['base']}", both, "--with_base",
-              f"--data={setup['train']}", f"--out={out}", "--max_new_tokens=20")
+              f"--data={setup['train']}", f"--out={out}", "--max_new_tokens=20", "--overwrite")
     rows = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["prefix"] for r in rows] == ["no prefix"] * 4 + ["p/prefix.pt"] * 4 + ["q/prefix.pt"] * 4
     for label in ("no prefix", "p/prefix.pt", "q/prefix.pt"):

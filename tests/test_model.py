@@ -69,7 +69,7 @@ def test_fast_path_equals_reference_path_with_a_padding_mask(tiny_model, tiny_co
 
 
 def test_the_mask_is_causal_from_the_bottom_right():
-    M = attention_mask(T=3, P=2, past_mask=None, device="cpu")[0, 0].int().tolist()
+    M = attention_mask(T=3, P=2, prefix_mask=None, device="cpu")[0, 0].int().tolist()
     # keys:   p0 p1 x0 x1 x2   — every query sees both prefix slots, then the tokens up to itself
     assert M == [[1, 1, 1, 0, 0],
                  [1, 1, 1, 1, 0],

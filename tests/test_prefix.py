@@ -4,9 +4,10 @@ import os
 import pytest
 import torch
 
-from model import GPT, GPTConfig, make_adamw
-from prefix import (PrefixTuning, PromptTuning, batch_prefixes, build_prefix, count_parameters, freeze,
-                    load_prefix, save_prefix, weights_fingerprint)
+from model import GPT, GPTConfig
+from optim import make_adamw
+from checkpoint import load_prefix, save_prefix, weights_fingerprint
+from prefix import PrefixTuning, PromptTuning, batch_prefixes, build_prefix, count_parameters, freeze
 
 METHODS = ["prefix", "prefix-reparam", "prompt"]
 

@@ -251,7 +251,7 @@ def test_sample_generates_from_a_checkpoint(corpus, tmp_path):
 
 
 def test_sample_labels_tell_prefix_files_apart():
-    from prefix import short_labels
+    from checkpoint import short_labels
     assert short_labels(["out/a.pt", "b.pt"]) == ["a.pt", "b.pt"]
     assert short_labels(["out/e2e_prefix/prefix.pt", "out/e2e_prompt/prefix.pt"]) == \
         ["e2e_prefix/prefix.pt", "e2e_prompt/prefix.pt"]

@@ -1,0 +1,195 @@
+"""
+scoring.py — the numbers every script reports, computed one way: losses, completions, BLEU, classification.
+
+    full_split_loss(model, tokens, block_size, batch_size)          # pretraining: every window of a split
+    task_loss(model, prefix, examples)                              # tuning: completion tokens only
+    complete(model, tokenizer, prefixes, prompts)                   # greedy (mixed batches) or beam search
+    generation_scores(...), classification_scores(...)              # BLEU-4; accuracy, macro-F1
+
+A `prefix` argument is a prefix module (PrefixTuning, PromptTuning) or None for the base alone. Every
+function here leaves the model in the train/eval mode it found it in, and computes under torch.no_grad.
+It reads task files (data.tasks) but writes nothing except generation_scores' optional --out file.
+"""
+import contextlib
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.files import write_atomic
+from data.tasks import TaskExample, collate, read_jsonl
+from metrics import accuracy, confusion_matrix, corpus_bleu, macro_f1
+from model import prefix_length, room_after
+from prefix import batch_prefixes
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """model.eval() inside the block, and back to the mode it was in afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def full_split_loss(model, data: np.ndarray, block_size: int, batch_size: int, device,
+                    ctx=contextlib.nullcontext(), max_tokens: int = 2_000_000) -> float:
+    """Loss over every non-overlapping block_size window of a split (up to max_tokens): the number to
+    compare runs by. A loss estimate from a few random batches is cheaper but swings by ±0.02 on Tiny
+    Shakespeare. batch_size windows at a time, under the run's autocast (ctx)."""
+    n = min(len(data) - 1, max_tokens) // block_size
+    ids = torch.from_numpy(data[: n * block_size + 1].astype(np.int64))
+    x, y = ids[:-1].view(n, block_size), ids[1:].view(n, block_size)                # (n, T) each
+    total = 0.0
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            with ctx:
+                _, loss = model(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device))
+            total += loss.item() * len(x[i:i + batch_size])
+    return total / n
+
+
+@torch.no_grad()
+def task_loss(model, prefix, examples, batch_size=32, ctx=contextlib.nullcontext()) -> float:
+    """Mean loss per target token (completion + end marker) over examples, with the prefix."""
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    examples = sorted(examples, key=lambda e: len(e.tokens))   # a sum: the order is free, and this pads least
+    with eval_mode(model):
+        prefix_kv = None if prefix is None else prefix(model)
+        for i in range(0, len(examples), batch_size):
+            x, y = collate(examples[i:i + batch_size], device)
+            with ctx:
+                logits, _ = model(x, prefix_kv=prefix_kv)
+            mask = y != -1
+            total += F.cross_entropy(logits[mask].float(), y[mask], reduction="sum").item()
+            count += int(mask.sum())
+    if count == 0:
+        raise ValueError("no completion tokens to score: every example's completion is empty or cut off")
+    return total / count
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_tokens=160, beam=1,
+             batch_size=64) -> list[list[str]]:
+    """Greedy or beam-search completion of every prompt under every prefix (None = the base alone),
+    stopping at the end marker: out[i][j] is prefix i's completion of prompt j. Greedy decoding puts
+    (prefix, prompt) pairs batch_size at a time into mixed batches (greedy_batch); beam search takes
+    one pair at a time."""
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        kvs = [None if p is None else p(model) for p in prefixes]
+    n_slots = [prefix_length(kv) for kv in kvs]
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for P in set(n_slots):
+        for prompt, ids in zip(prompts, encoded):
+            if not ids or len(ids) >= room_after(P, model.config.block_size):
+                raise ValueError(f"prompt of {len(ids)} tokens plus prefix of {P} does not fit block_size "
+                                 f"{model.config.block_size}: {prompt[:60]!r}...")
+    stop = tokenizer.eot_token
+    pairs = [(i, j) for i in range(len(kvs)) for j in range(len(prompts))]
+    new = {}
+    with eval_mode(model):
+        if beam > 1:
+            for i, j in pairs:
+                room = min(max_new_tokens, room_after(n_slots[i], model.config.block_size) - len(encoded[j]))
+                new[i, j] = model.beam_search(torch.tensor([encoded[j]], device=device), room, beam_width=beam,
+                                              prefix_kv=kvs[i], stop_token=stop)
+        else:
+            pairs.sort(key=lambda ij: n_slots[ij[0]] + len(encoded[ij[1]]))   # similar lengths pad least
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                rows = greedy_batch(model, [(kvs[i], encoded[j]) for i, j in chunk], max_new_tokens, stop)
+                new.update(zip(chunk, rows))
+    out = [[""] * len(prompts) for _ in kvs]
+    for (i, j), tokens in new.items():
+        out[i][j] = tokenizer.decode(tokens[:tokens.index(stop)] if stop in tokens else tokens)
+    return out
+
+
+@torch.no_grad()
+def greedy_batch(model, rows: list[tuple], max_new_tokens: int, stop: int) -> list[list[int]]:
+    """Greedy decoding of rows (prefix_kv or None, prompt token ids) in one batch, with nothing new in
+    the model: a prompt's cache is a prefix like a learned one, so [prefix; prompt] caches of different
+    lengths batch exactly as prefixes of different lengths do. Each row's prompt but its last token
+    is encoded on top of its prefix (key_values, extend), batch_prefixes pads and masks these, and
+    generate decodes from the last tokens. Every row gets as many new tokens as the longest one
+    leaves room for (at most max_new_tokens). Returns each row's new tokens."""
+    device = next(model.parameters()).device
+    joined = []   # per row: [prefix; prompt but its last token] as one prefix_kv
+    for prefix_kv, ids in rows:
+        if len(ids) == 1:
+            joined.append(prefix_kv)
+        else:
+            x = torch.tensor([ids[:-1]], device=device)
+            joined.append(model.extend(prefix_kv, model.key_values(x, prefix_kv=prefix_kv), 1))
+    prefix_kv, prefix_mask = (None, None) if all(p is None for p in joined) else batch_prefixes(joined)
+    room = min(max_new_tokens, room_after(prefix_length(prefix_kv, prefix_mask), model.config.block_size) - 1)
+    last = torch.tensor([[ids[-1]] for _, ids in rows], device=device)                # (B, 1)
+    out = model.generate(last, room, temperature=0, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+                         stop_token=stop)
+    return out[:, 1:].tolist()
+
+
+def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=160, beam=1, max_examples=0,
+                      out_path=""):
+    """Complete every distinct prompt of a JSONL file under every prefix; for each prefix, corpus BLEU
+    against all the references of each prompt, when the file has them."""
+    rows = read_jsonl(path, need=("prompt",))
+    refs: dict[str, list[str]] = {}
+    for r in rows:
+        refs.setdefault(r["prompt"], [])
+        if isinstance(r.get("completion"), str):
+            refs[r["prompt"]].append(r["completion"].strip())
+    prompts = list(refs)[:max_examples] if max_examples else list(refs)
+    hyps = complete(model, tokenizer, prefixes, prompts, max_new_tokens, beam)
+    if out_path:
+        lines = [json.dumps({"prefix": label, "prompt": p, "completion": h}, ensure_ascii=False) + "\n"
+                 for label, per_prompt in zip(labels, hyps) for p, h in zip(prompts, per_prompt)]
+        write_atomic(out_path, "".join(lines))
+    scored = [j for j, p in enumerate(prompts) if refs[p]]
+    bleu = [corpus_bleu([h[j] for j in scored], [refs[prompts[j]] for j in scored]) if scored else None
+            for h in hyps]
+    return {"prompts": prompts, "bleu": bleu, "completions": hyps}
+
+
+@torch.no_grad()
+def completion_logprob(model, prefix, examples: list[TaskExample], batch_size=32) -> torch.Tensor:
+    """Sum of log p(completion + end marker | prompt) for each example: (N,)."""
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode(model):
+        prefix_kv = None if prefix is None else prefix(model)
+        for i in range(0, len(examples), batch_size):
+            x, y = collate(examples[i:i + batch_size], device)
+            logp = torch.log_softmax(model(x, prefix_kv=prefix_kv)[0].float(), dim=-1)    # (B, T, V)
+            mask = y != -1
+            picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask      # (B, T)
+            out.append(picked.sum(1))
+    return torch.cat(out)
+
+
+def classification_scores(model, tokenizer, prefix, path, labels, max_examples=0):
+    """Predict the label whose completion is most likely; accuracy, macro-F1, confusion matrix."""
+    rows = read_jsonl(path)
+    if max_examples:
+        rows = rows[:max_examples]
+    y_true = []
+    for r in rows:
+        if r["completion"] not in labels:
+            raise ValueError(f"{path}:{r['_line']}: completion {r['completion']!r} is not one of --labels {labels}")
+        y_true.append(labels.index(r["completion"]))
+    scores = []
+    for label in labels:
+        examples = []
+        for r in rows:
+            p = tokenizer.encode(r["prompt"])
+            examples.append(TaskExample(p + tokenizer.encode(label) + [tokenizer.eot_token], len(p)))
+        scores.append(completion_logprob(model, prefix, examples))
+    y_pred = torch.stack(scores, dim=1).argmax(dim=1).tolist()
+    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, list(range(len(labels)))),
+            "confusion": confusion_matrix(y_true, y_pred, len(labels)), "n": len(rows)}
