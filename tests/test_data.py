@@ -175,3 +175,28 @@ def test_prepare_cli_folder_or_non_utf8_input_is_one_line_naming_it(tmp_path):
         assert res.returncode != 0 and res.stderr.count("\n") == 1, res.stderr
         assert message in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("meta,message", [
+    ("{not json", "meta.json is damaged"),
+    (b"\xff\xfe{}", "meta.json is damaged"),
+    ('{"tokenizer": "byte", "vocab_size": 256}', "meta.json lacks dtype"),
+    ("[1, 2]", "meta.json lacks tokenizer, vocab_size, dtype"),
+    ('{"tokenizer": "byte", "vocab_size": 256, "dtype": "uint99"}', "unknown dtype 'uint99'"),
+])
+def test_load_bin_with_a_damaged_meta_json_says_to_prepare_again(tmp_path, meta, message):
+    prepare("abcdefghij" * 10, ByteTokenizer(), str(tmp_path))
+    path = tmp_path / "meta.json"
+    path.write_bytes(meta) if isinstance(meta, bytes) else path.write_text(meta, encoding="utf-8")
+    with pytest.raises(ValueError) as e:                          # train.py's main_guard prints it as one line
+        load_bin(str(tmp_path))
+    assert message in str(e.value) and "data/shakespeare/prepare.py" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_bin_with_a_folder_for_a_bin_is_one_line(tmp_path):
+    prepare("abcdefghij" * 10, ByteTokenizer(), str(tmp_path))
+    os.remove(tmp_path / "val.bin")
+    (tmp_path / "val.bin").mkdir()
+    with pytest.raises(ValueError, match=r"val.bin is a folder.*data/shakespeare/prepare.py") as e:
+        load_bin(str(tmp_path))
+    assert "\n" not in str(e.value)

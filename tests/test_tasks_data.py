@@ -309,3 +309,70 @@ def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, monk
     res = script("data/e2e/prepare.py", "--csv", str(latin1), "--out_dir", str(tmp_path / "out"))
     assert res.returncode != 0 and res.stderr.strip().splitlines() == [f"{latin1}:3: not UTF-8 text (byte 34 is "
                                                                       "0xe9): save it as UTF-8, or pass the right file"]
+
+
+# ---------------------------------------------------------------- data/tasks.py
+
+def write_bytes(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def one_line_error(fn, *args, kind=ValueError) -> str:
+    """What fn(*args) raises: the error types the root scripts' main_guard prints as one line."""
+    with pytest.raises(kind) as e:
+        fn(*args)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_task_files_that_are_not_utf8_name_the_line(tmp_path):
+    from data.tasks import load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    good = json.dumps({"prompt": "a ||", "completion": " b"}) + "\n"
+    path = write_bytes(tmp_path / "latin1.jsonl", (good + '{"prompt": "Caf\xe9 ||", "completion": " c"}\n')
+                       .encode("latin-1"))
+    assert f"{path}:2: not UTF-8 text" in one_line_error(read_jsonl, path)
+    path = write_bytes(tmp_path / "binary.jsonl", random.Random(1).randbytes(4000))
+    assert re.search(rf"binary.jsonl:\d+: not (UTF-8 text|valid JSON)", one_line_error(read_jsonl, path))
+    path = write_bytes(tmp_path / "latin1.txt", "one\ntwo\nthree caf\xe9\n".encode("latin-1"))
+    assert f"{path}:3: not UTF-8 text (byte 17 is 0xe9)" in one_line_error(load_task, path, ByteTokenizer(), 16)
+
+
+def test_a_task_path_that_is_a_folder_is_one_line(tmp_path):
+    from data.tasks import load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    for name in ("train.jsonl", "train.txt", "train.bin"):
+        (tmp_path / name).mkdir()
+        message = one_line_error(load_task, str(tmp_path / name), ByteTokenizer(), 16)
+        assert f"{tmp_path / name} is a folder" in message
+    assert "is a folder" in one_line_error(read_jsonl, str(tmp_path / "train.jsonl"))
+    assert "not found" in one_line_error(read_jsonl, str(tmp_path / "nope.jsonl"), kind=FileNotFoundError)
+
+
+def test_an_example_with_nothing_in_it_is_refused_but_one_empty_side_is_fine(tmp_path):
+    from data.tasks import collate, load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    rows = [{"prompt": "a ||", "completion": " b"}, {"prompt": "", "completion": " c"},
+            {"prompt": "d ||", "completion": ""}]
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    examples, _ = load_task(str(ok), ByteTokenizer(), 32)
+    _, y = collate(examples)
+    assert [int((row != -1).sum()) for row in y] == [3, 2, 1]   # every example has a target (" c": c and the end)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"prompt": "", "completion": ""}]),
+                   encoding="utf-8")
+    # it used to pass, and a batch of only such lines gave a loss of 0/0
+    assert f"{bad}:4: empty prompt and completion" in one_line_error(read_jsonl, str(bad))
+    assert f"{bad}:4: empty prompt and completion" in one_line_error(load_task, str(bad), ByteTokenizer(), 32)
+
+
+def test_a_bin_task_with_a_damaged_meta_json_is_one_line(tmp_path):
+    from data.tasks import load_task
+    from data.tokenizer import ByteTokenizer
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00" * 10)
+    for meta, message in (("{not json", "meta.json is damaged"), ('{"tokenizer": "byte"}', "lacks vocab_size, dtype"),
+                          ('{"tokenizer": "byte", "vocab_size": 256, "dtype": "uint99"}', "unknown dtype 'uint99'")):
+        (tmp_path / "meta.json").write_text(meta, encoding="utf-8")
+        assert message in one_line_error(load_task, str(tmp_path / "train.bin"), ByteTokenizer(), 16)
