@@ -38,7 +38,8 @@ def positive(text: str) -> int:
 
 def url(text: str) -> str:
     if urllib.parse.urlsplit(text).scheme not in ("http", "https", "file"):
-        raise argparse.ArgumentTypeError(f"must start with http://, https:// or file://, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must start with http://, https:// or file://, got {text!r} "
+                                         "(from the flag or its PREFIXGPT_*_URL variable)")
     return text
 
 

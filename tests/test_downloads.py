@@ -208,6 +208,9 @@ def test_a_wrong_url_is_one_line(tmp_path):
     for name in ("e2e", "sst2", "shakespeare"):
         res = script(f"data/{name}/prepare.py", "--url", "example.org/x.zip", "--out_dir", str(tmp_path))
         assert res.returncode != 0 and "argument --url" in one_line(res.stderr) and "http://" in res.stderr
+    env = {**os.environ, "PREFIXGPT_E2E_URL": "www.example.org/e2e.zip"}    # a bad variable: the same line
+    res = script("data/e2e/prepare.py", "--out_dir", str(tmp_path), env=env)
+    assert "'www.example.org/e2e.zip'" in one_line(res.stderr) and "PREFIXGPT_*_URL" in res.stderr
     assert not os.listdir(tmp_path)
 
 
