@@ -4,7 +4,8 @@ data/bins.py — read a corpus written by data/shakespeare/prepare.py: meta.json
     from data.bins import load_bin
     train, val, meta = load_bin("data/shakespeare")   # 1-D np.uint16 arrays of token ids, and meta.json
 
-Every problem (missing folder or file, empty or mismatched .bin) is one line that says how to remake it.
+Every problem (missing folder or file, damaged meta.json, empty or mismatched .bin) is one line that says
+how to remake it.
 """
 import json
 import os
@@ -12,6 +13,23 @@ import os
 import numpy as np
 
 PREPARE = "python data/shakespeare/prepare.py"
+
+
+def read_meta(meta_path: str, remake: str) -> dict:
+    """meta.json of a prepared corpus, with the keys the readers need (a ValueError says how to remake it)."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except ValueError as e:  # not JSON, or not even UTF-8 (a JSONDecodeError is a ValueError)
+        raise ValueError(f"{meta_path} is damaged ({e}): {remake}") from None
+    missing = [k for k in ("tokenizer", "vocab_size", "dtype") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path} lacks {', '.join(missing)}: {remake}")
+    try:
+        np.dtype(meta["dtype"])
+    except TypeError:
+        raise ValueError(f"{meta_path} names an unknown dtype {meta['dtype']!r}: {remake}") from None
+    return meta
 
 
 def load_bin(data_dir: str):
@@ -22,11 +40,12 @@ def load_bin(data_dir: str):
     meta_path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"{meta_path} not found: {remake}")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = read_meta(meta_path, remake)
     splits = []
     for split in ("train", "val"):
         path = os.path.join(data_dir, f"{split}.bin")
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, not a file of token ids: move it away and {remake}")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {remake}")
         if os.path.getsize(path) == 0:   # (np.memmap refuses an empty file with a cryptic error)

@@ -7,13 +7,15 @@ atomic_write : the one routine that writes a file anyone may rely on (checkpoint
                whole and the temporary one is removed. write_atomic (text or bytes) and write_json are
                its two common uses.
 download_once: fetch a URL into a file unless the file is already there, so a second run needs no
-               network. Raises OSError (or http.client.HTTPException) when it cannot; each caller
+               network; a failed or cut download writes nothing. Raises OSError (or
+               http.client.HTTPException) when it cannot; each caller
                decides what that means (an error naming the local-path flag, or a fallback corpus).
 
 It knows nothing about models or tokens: callers hand it bytes, text, or a function that writes.
 """
 import json
 import os
+import sys
 import urllib.request
 
 
@@ -59,6 +61,19 @@ def download_once(url: str, path: str, timeout: float = 30.0) -> None:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     print(f"downloading {url}")
+    chunks, done = [], 0
     with urllib.request.urlopen(url, timeout=timeout) as r:
-        data = r.read()
-    write_atomic(path, data)
+        total = int(r.headers.get("Content-Length") or 0)
+        show = total > 2**20 and sys.stderr.isatty()  # progress for big files, on a terminal only
+        try:
+            while chunk := r.read(2**16):
+                chunks.append(chunk)
+                done += len(chunk)
+                if show:  # "\r": one line that updates in place
+                    print(f"\r{done / 1e6:.1f} of {total / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
+        finally:
+            if show:
+                print(file=sys.stderr)
+    if total and done != total:  # read(n) returns what came when the server closes early; say so
+        raise OSError(f"download cut short: {done} of {total} bytes")
+    write_atomic(path, b"".join(chunks))  # only a whole download is written

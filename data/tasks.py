@@ -17,6 +17,9 @@ import random
 import numpy as np
 import torch
 
+from data.bins import read_meta
+from data.checks import decode_utf8
+
 
 class TaskExample:
     """tokens (list[int]) and n_prompt: tokens[:n_prompt] is the prompt (no loss on it)."""
@@ -28,13 +31,24 @@ class TaskExample:
         self.prompt, self.completion, self.label = prompt, completion, label
 
 
-def read_jsonl(path: str, need=("prompt", "completion")) -> list[dict]:
-    """Parse a JSONL file; each line must be an object with the `need` fields as strings."""
+def check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"task file {path} is a folder: pass the .jsonl, .txt or .bin file itself")
     if not os.path.exists(path):
         raise FileNotFoundError(f"task file not found: {path} (the data/<task>/prepare.py scripts make them)")
+
+
+def read_jsonl(path: str, need=("prompt", "completion")) -> list[dict]:
+    """Parse a JSONL file; each line must be an object with the `need` fields as strings."""
+    check_file(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:  # line by line, so that a bad byte is reported with its line number
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line is 0x{raw[e.start]:02x}): "
+                                 "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -47,6 +61,8 @@ def read_jsonl(path: str, need=("prompt", "completion")) -> list[dict]:
                 if not isinstance(row.get(key), str):
                     raise ValueError(f"{path}:{n}: missing or non-string {key!r} "
                                      f"(each line needs {', '.join(repr(k) for k in need)})")
+            if not row["prompt"] and not row.get("completion"):  # only the end marker left: nothing to learn
+                raise ValueError(f"{path}:{n}: empty prompt and completion: give the line some text or delete it")
             row["_line"] = n
             rows.append(row)
     if not rows:
@@ -85,17 +101,15 @@ def load_task(path: str, tokenizer, max_len: int, max_examples: int = 0) -> tupl
 def _read_text_ids(path: str, tokenizer) -> list[int]:
     """Token ids of a plain-text task: a .txt file (tokenized here) or a prepared .bin file, whose
     meta.json must name the same tokenizer as the base model."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"task file not found: {path}")
+    check_file(path)
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            ids = tokenizer.encode(f.read())
+        with open(path, "rb") as f:
+            ids = tokenizer.encode(decode_utf8(f.read(), path))
     else:
         meta_path = os.path.join(os.path.dirname(path), "meta.json")
-        if not os.path.exists(meta_path):
+        if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} not found: a .bin task needs the meta.json its prepare script wrote")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_meta(meta_path, "run its prepare script again")
         if meta.get("tokenizer") != tokenizer.name:
             raise ValueError(f"{path} holds {meta.get('tokenizer')!r} tokens but the base model uses the "
                              f"{tokenizer.name!r} tokenizer: prepare it again with --tokenizer {tokenizer.name}")

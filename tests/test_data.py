@@ -4,7 +4,6 @@
 
 No network: the CLI runs get --input, and the GPT-2 test needs the tiktoken files (cached or online).
 """
-import io
 import json
 import os
 import subprocess
@@ -138,23 +137,66 @@ def test_offline_fallback_corpus_is_always_there():
     assert text == fallback_corpus()  # deterministic: the same corpus on every run
 
 
-def test_atomic_writes_and_a_download_that_happens_once(tmp_path, monkeypatch):
-    import urllib.request
-    from data.files import download_once, write_atomic, write_json
+def test_atomic_writes(tmp_path):
+    from data.files import write_atomic, write_json
     write_atomic(str(tmp_path / "a.txt"), "naïve\n")
     write_json(str(tmp_path / "m.json"), {"k": "é"})
     assert (tmp_path / "a.txt").read_bytes() == "naïve\n".encode() and sorted(os.listdir(tmp_path)) == ["a.txt", "m.json"]
-    calls = []
+    # download_once is tested against a real local server in tests/test_downloads.py
 
-    class Response(io.BytesIO):
-        def __enter__(self):
-            return self
 
-    def fake_urlopen(url, timeout):
-        calls.append(url)
-        return Response(b"zip bytes")
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    target = str(tmp_path / "sub" / "f.zip")
-    download_once("https://example.org/f.zip", target)
-    download_once("https://example.org/f.zip", target)     # already there: no second fetch
-    assert calls == ["https://example.org/f.zip"] and open(target, "rb").read() == b"zip bytes"
+# ---------------------------------------------------------------- bad values, folders, bytes: one line each
+
+@pytest.mark.parametrize("value,message", [("0", "must be between 0 and 1"), ("1", "must be between 0 and 1"),
+                                           ("1.5", "must be between 0 and 1"), ("nan", "must be between 0 and 1"),
+                                           ("ten", "invalid fraction value: 'ten'")])
+def test_prepare_cli_refuses_a_bad_val_fraction_in_one_line(tmp_path, value, message):
+    src = tmp_path / "in.txt"
+    src.write_text("To be, or not to be.\n" * 20, encoding="utf-8")
+    res = run_prepare("--input", str(src), "--out_dir", str(tmp_path / "out"), "--val_fraction", value)
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "usage:" not in res.stderr
+    assert f"argument --val_fraction: {message}" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cli_folder_or_non_utf8_input_is_one_line_naming_it(tmp_path):
+    good, folder = tmp_path / "good.txt", tmp_path / "folder"
+    good.write_text("To be, or not to be.\n" * 20, encoding="utf-8")
+    folder.mkdir()
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("To be,\nor not to be, naïve.\n".encode("latin-1"))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 4)                  # a NUL at byte 0
+    for args, message in ((["--input", str(folder)], f"--input {folder} is a folder"),
+                          (["--input", str(good), "--extra_text", str(folder)], f"--extra_text {folder} is a folder"),
+                          (["--input", str(latin1)], f"{latin1}:2: not UTF-8 text (byte 23 is 0xef)"),
+                          (["--input", str(good), "--extra_text", str(binary)], f"{binary}:1: not UTF-8 text (byte 0")):
+        res = run_prepare(*args, "--out_dir", str(tmp_path / "out"))
+        assert res.returncode != 0 and res.stderr.count("\n") == 1, res.stderr
+        assert message in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("meta,message", [
+    ("{not json", "meta.json is damaged"),
+    (b"\xff\xfe{}", "meta.json is damaged"),
+    ('{"tokenizer": "byte", "vocab_size": 256}', "meta.json lacks dtype"),
+    ("[1, 2]", "meta.json lacks tokenizer, vocab_size, dtype"),
+    ('{"tokenizer": "byte", "vocab_size": 256, "dtype": "uint99"}', "unknown dtype 'uint99'"),
+])
+def test_load_bin_with_a_damaged_meta_json_says_to_prepare_again(tmp_path, meta, message):
+    prepare("abcdefghij" * 10, ByteTokenizer(), str(tmp_path))
+    path = tmp_path / "meta.json"
+    path.write_bytes(meta) if isinstance(meta, bytes) else path.write_text(meta, encoding="utf-8")
+    with pytest.raises(ValueError) as e:                          # train.py's main_guard prints it as one line
+        load_bin(str(tmp_path))
+    assert message in str(e.value) and "data/shakespeare/prepare.py" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_bin_with_a_folder_for_a_bin_is_one_line(tmp_path):
+    prepare("abcdefghij" * 10, ByteTokenizer(), str(tmp_path))
+    os.remove(tmp_path / "val.bin")
+    (tmp_path / "val.bin").mkdir()
+    with pytest.raises(ValueError, match=r"val.bin is a folder.*data/shakespeare/prepare.py") as e:
+        load_bin(str(tmp_path))
+    assert "\n" not in str(e.value)

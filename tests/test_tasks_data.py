@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import urllib.error
@@ -199,3 +201,178 @@ def test_sst2_errors_are_one_line(tmp_path, monkeypatch):
     write_tsv(d / "train.tsv", ("label", "sentence"), [("0", "a"), ("1", "b")])
     with pytest.raises(SystemExit, match="val_size"):
         sst2.main(["--dir", str(d), "--out_dir", str(tmp_path / "o"), "--val_size", "2"])
+
+
+# ---------------------------------------------------------------- bad values, folders, bytes: one line each
+
+def script(path, *args):
+    """Run a prepare script as a user would (no local-data variables); returns the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFIXGPT_E2E", "PREFIXGPT_SST2")}
+    return subprocess.run([sys.executable, path, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def exit_message(main, args) -> str:
+    """The message of the SystemExit that main(args) raises, checked to be one line."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    message = str(e.value)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fractions", "0.8", "0.5", "0.5"], "argument --fractions: must sum to 1, got 0.8 + 0.5 + 0.5"),
+    (["--fractions", "0.6", "0.2", "0.1"], "must sum to 1"),
+    (["--fractions", "0", "0.5", "0.5"], "argument --fractions: must be between 0 and 1"),
+    (["--fractions", "1.2", "-0.1", "-0.1"], "must be between 0 and 1"),
+    (["--fractions", "nan", "0.5", "0.5"], "must be between 0 and 1"),
+    (["--fractions", "0.8", "0.2"], "expected 3 arguments"),
+    (["--fractions", "a", "b", "c"], "invalid fraction value: 'a'"),
+    (["--seed", "-1"], "argument --seed: must be 0 or more"),
+    (["--seed", "1.5"], "invalid seed value"),
+])
+def test_e2e_bad_values_are_refused_where_they_are_parsed(tmp_path, monkeypatch, args, message):
+    # 0.8 0.5 0.5 used to write an empty val split without a word
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    pool = write_csv(tmp_path / "pool.csv", e2e_rows(20))
+    assert message in exit_message(e2e.main, ["--csv", pool, "--out_dir", str(tmp_path / "out")] + args)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--val_size", "0"], "argument --val_size: must be 1 or more, got 0"),
+    (["--val_size", "-3"], "must be 1 or more"),
+    (["--val_size", "ten"], "invalid positive value: 'ten'"),
+    (["--seed", "-7"], "argument --seed: must be 0 or more"),
+])
+def test_sst2_bad_values_are_refused_where_they_are_parsed(tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    d = sst2_dir(tmp_path)
+    assert message in exit_message(sst2.main, ["--dir", d, "--out_dir", str(tmp_path / "out")] + args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_flag_is_one_line_on_stderr_not_argparse_usage(tmp_path):
+    pool = write_csv(tmp_path / "pool.csv", e2e_rows(20))
+    for args, message in ((["data/e2e/prepare.py", "--csv", pool, "--fractions", "0.8", "0.5", "0.5"], "sum to 1"),
+                          (["data/e2e/prepare.py", "--seed", "abc"], "invalid seed value"),
+                          (["data/sst2/prepare.py", "--val_size", "0"], "--val_size"),
+                          (["data/sst2/prepare.py", "--no_such_flag"], "unrecognized arguments")):
+        res = script(*args, "--out_dir", str(tmp_path / "out"))
+        assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert message in res.stderr and "usage:" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_where_a_file_belongs_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    message = exit_message(e2e.main, ["--csv", str(folder), "--out_dir", str(tmp_path / "out")])
+    assert f"{folder} is a folder" in message and "--csv" in message
+    monkeypatch.setenv("PREFIXGPT_E2E", str(folder))
+    assert f"{folder} is a folder" in exit_message(e2e.main, ["--out_dir", str(tmp_path / "out")])
+    # SST-2's --dir is the other way round: a file where a folder belongs
+    a_file = write_csv(tmp_path / "pool.csv", e2e_rows(3))
+    message = exit_message(sst2.main, ["--dir", a_file, "--out_dir", str(tmp_path / "out")])
+    assert f"argument --dir: {a_file} is a file" in message and "train.tsv" in message
+    (folder / "train.tsv").mkdir()
+    message = exit_message(sst2.main, ["--dir", str(folder), "--out_dir", str(tmp_path / "out")])
+    assert f"{folder / 'train.tsv'} is a folder" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_and_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    monkeypatch.delenv("PREFIXGPT_SST2", raising=False)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("mr,ref\nname[A],A is fine.\nname[Café],\"Café B, on line 3.\"\n".encode("latin-1"))
+    message = exit_message(e2e.main, ["--csv", str(latin1), "--out_dir", str(tmp_path / "out")])
+    assert f"{latin1}:3: not UTF-8 text" in message and "0xe9" in message
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(random.Random(0).randbytes(4000))
+    assert re.search(rf"{re.escape(str(binary))}:\d+: not UTF-8 text",
+                     exit_message(e2e.main, ["--csv", str(binary), "--out_dir", str(tmp_path / "out")]))
+    d = tmp_path / "sst2"
+    d.mkdir()
+    write_tsv(d / "train.tsv", ("label", "sentence"), [("0", "fine"), ("1", "also fine")])
+    (d / "dev.tsv").write_bytes(b"label\tsentence\n0\tok\n1\tna\xefve\n")
+    message = exit_message(sst2.main, ["--dir", str(d), "--out_dir", str(tmp_path / "out"), "--val_size", "1"])
+    assert f"{d / 'dev.tsv'}:3: not UTF-8 text" in message
+    (d / "dev.tsv").write_bytes(b"label\tsentence\n0\tok\x00\x01\x02\n")   # a NUL: binary, even if valid UTF-8
+    message = exit_message(sst2.main, ["--dir", str(d), "--out_dir", str(tmp_path / "out"), "--val_size", "1"])
+    assert f"{d / 'dev.tsv'}:2: not UTF-8 text (byte 19 is 0x00)" in message
+    assert not (tmp_path / "out").exists()
+    # as a script: the same line on stderr, nothing else
+    res = script("data/e2e/prepare.py", "--csv", str(latin1), "--out_dir", str(tmp_path / "out"))
+    assert res.returncode != 0 and res.stderr.strip().splitlines() == [f"{latin1}:3: not UTF-8 text (byte 34 is "
+                                                                      "0xe9): save it as UTF-8, or pass the right file"]
+
+
+# ---------------------------------------------------------------- data/tasks.py
+
+def write_bytes(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def one_line_error(fn, *args, kind=ValueError) -> str:
+    """What fn(*args) raises: the error types the root scripts' main_guard prints as one line."""
+    with pytest.raises(kind) as e:
+        fn(*args)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_task_files_that_are_not_utf8_name_the_line(tmp_path):
+    from data.tasks import load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    good = json.dumps({"prompt": "a ||", "completion": " b"}) + "\n"
+    path = write_bytes(tmp_path / "latin1.jsonl", (good + '{"prompt": "Caf\xe9 ||", "completion": " c"}\n')
+                       .encode("latin-1"))
+    assert f"{path}:2: not UTF-8 text" in one_line_error(read_jsonl, path)
+    path = write_bytes(tmp_path / "binary.jsonl", random.Random(1).randbytes(4000))
+    assert re.search(rf"binary.jsonl:\d+: not (UTF-8 text|valid JSON)", one_line_error(read_jsonl, path))
+    path = write_bytes(tmp_path / "latin1.txt", "one\ntwo\nthree caf\xe9\n".encode("latin-1"))
+    assert f"{path}:3: not UTF-8 text (byte 17 is 0xe9)" in one_line_error(load_task, path, ByteTokenizer(), 16)
+
+
+def test_a_task_path_that_is_a_folder_is_one_line(tmp_path):
+    from data.tasks import load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    for name in ("train.jsonl", "train.txt", "train.bin"):
+        (tmp_path / name).mkdir()
+        message = one_line_error(load_task, str(tmp_path / name), ByteTokenizer(), 16)
+        assert f"{tmp_path / name} is a folder" in message
+    assert "is a folder" in one_line_error(read_jsonl, str(tmp_path / "train.jsonl"))
+    assert "not found" in one_line_error(read_jsonl, str(tmp_path / "nope.jsonl"), kind=FileNotFoundError)
+
+
+def test_an_example_with_nothing_in_it_is_refused_but_one_empty_side_is_fine(tmp_path):
+    from data.tasks import collate, load_task, read_jsonl
+    from data.tokenizer import ByteTokenizer
+    rows = [{"prompt": "a ||", "completion": " b"}, {"prompt": "", "completion": " c"},
+            {"prompt": "d ||", "completion": ""}]
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    examples, _ = load_task(str(ok), ByteTokenizer(), 32)
+    _, y = collate(examples)
+    assert [int((row != -1).sum()) for row in y] == [3, 2, 1]   # every example has a target (" c": c and the end)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"prompt": "", "completion": ""}]),
+                   encoding="utf-8")
+    # it used to pass, and a batch of only such lines gave a loss of 0/0
+    assert f"{bad}:4: empty prompt and completion" in one_line_error(read_jsonl, str(bad))
+    assert f"{bad}:4: empty prompt and completion" in one_line_error(load_task, str(bad), ByteTokenizer(), 32)
+
+
+def test_a_bin_task_with_a_damaged_meta_json_is_one_line(tmp_path):
+    from data.tasks import load_task
+    from data.tokenizer import ByteTokenizer
+    (tmp_path / "train.bin").write_bytes(b"\x01\x00" * 10)
+    for meta, message in (("{not json", "meta.json is damaged"), ('{"tokenizer": "byte"}', "lacks vocab_size, dtype"),
+                          ('{"tokenizer": "byte", "vocab_size": 256, "dtype": "uint99"}', "unknown dtype 'uint99'")):
+        (tmp_path / "meta.json").write_text(meta, encoding="utf-8")
+        assert message in one_line_error(load_task, str(tmp_path / "train.bin"), ByteTokenizer(), 16)

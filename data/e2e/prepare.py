@@ -2,6 +2,7 @@
 Prepare the E2E NLG task (restaurant meaning representation -> English sentence) as JSONL.
 
     python data/e2e/prepare.py                        # download the official release (train/dev/test)
+    python data/e2e/prepare.py --url URL              # from a mirror (default: $PREFIXGPT_E2E_URL, else URL below)
     python data/e2e/prepare.py --csv devset.csv       # or split local CSV files (columns mr,ref) by MR
     PREFIXGPT_E2E=devset.csv python -m data.e2e.prepare
 
@@ -13,7 +14,6 @@ Writes to --out_dir (default data/e2e):
 Every MR has several human references. They all get the same prompt, which is how the BLEU
 evaluation (metrics.group_references) finds the reference set of each MR.
 """
-import argparse
 import csv
 import http.client
 import io
@@ -22,11 +22,13 @@ import os
 import random
 import sys
 import zipfile
+import zlib
 
 # run as a script, Python puts this folder on sys.path, not the repo root that holds data/
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from data.checks import Parser, decode_utf8, fraction, seed, url  # noqa: E402
 from data.files import download_once, write_atomic, write_json  # noqa: E402
 
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -40,9 +42,13 @@ def clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def read_rows(f, name: str) -> list[tuple[str, str]]:
-    """(mr, ref) pairs from an open CSV file; columns are found by header name, not position."""
-    reader = csv.reader(f)
+def read_rows(data: bytes, name: str) -> list[tuple[str, str]]:
+    """(mr, ref) pairs from the bytes of a CSV file; columns are found by header name, not position."""
+    try:
+        text = decode_utf8(data, name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": quoted fields may hold line breaks
     header = [h.strip().lower() for h in next(reader, [])]
     if "mr" not in header or "ref" not in header:
         raise SystemExit(f"{name}: needs a header with columns mr and ref, found {header}; {HOW}")
@@ -58,11 +64,12 @@ def read_rows(f, name: str) -> list[tuple[str, str]]:
 
 
 def read_csv(path: str) -> list[tuple[str, str]]:
+    if os.path.isdir(path):
+        raise SystemExit(f"{path} is a folder, not an E2E CSV file; {HOW}")
     if not os.path.isfile(path):
         raise SystemExit(f"E2E file not found: {path}; {HOW}")
-    # utf-8-sig: also reads files that start with a byte-order mark; newline="" is what csv wants
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return read_rows(f, path)
+    with open(path, "rb") as f:
+        return read_rows(f.read(), path)
 
 
 def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
@@ -109,32 +116,39 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     return meta
 
 
-def download_official(out_dir: str, timeout: float = 30.0) -> dict[str, list]:
+def download_official(out_dir: str, url: str = URL, timeout: float = 30.0) -> dict[str, list]:
     """The official splits from the release zip (kept in out_dir, so a second run needs no network)."""
     zip_path = os.path.join(out_dir, "e2e-dataset.zip")
     try:
-        download_once(URL, zip_path, timeout)
-    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, cut short
-        raise SystemExit(f"could not download the E2E data ({e}); {HOW}") from None
-    with zipfile.ZipFile(zip_path) as z:
-        by_name = {os.path.basename(n): n for n in z.namelist()}  # members sit in a subfolder
-        for split, name in OFFICIAL.items():
-            if name not in by_name:
-                raise SystemExit(f"{zip_path} has no {name}; delete it to download again, or {HOW}")
-            with z.open(by_name[name]) as f:
-                splits[split] = read_rows(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""), name)
+        download_once(url, zip_path, timeout)
+    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, HTTP error, cut short
+        raise SystemExit(f"could not download the E2E data from {url} ({e}); {HOW}") from None
+    splits = {}
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            by_name = {os.path.basename(n): n for n in z.namelist()}  # members sit in a subfolder
+            for split, name in OFFICIAL.items():
+                if name not in by_name:
+                    raise SystemExit(f"{zip_path} has no {name}; delete it to download again, or {HOW}")
+                splits[split] = read_rows(z.read(by_name[name]), f"{zip_path}:{by_name[name]}")
+    except (zipfile.BadZipFile, zlib.error, OSError) as e:  # e.g. a proxy's HTML page saved as the zip
+        raise SystemExit(f"{zip_path} is not a readable zip ({e}); delete it to download again, or {HOW}") from None
     return splits
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p = Parser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--csv", action="append", default=None,
                    help="local E2E CSV (columns mr,ref); repeat to pool several; default $PREFIXGPT_E2E")
     p.add_argument("--out_dir", default="data/e2e")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+    p.add_argument("--url", type=url, default=os.environ.get("PREFIXGPT_E2E_URL") or URL,
+                   help="where to download the release zip from; default $PREFIXGPT_E2E_URL, else the official URL")
+    p.add_argument("--seed", type=seed, default=1337)
+    p.add_argument("--fractions", type=fraction, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of MRs per split (local pool only)")
     args = p.parse_args(argv)
+    if abs(sum(args.fractions) - 1) > 1e-6:  # 0.8 0.5 0.5 would leave val empty without a word
+        p.error(f"argument --fractions: must sum to 1, got {' + '.join(map(str, args.fractions))}")
     paths = args.csv or ([os.environ["PREFIXGPT_E2E"]] if os.environ.get("PREFIXGPT_E2E") else [])
     if paths:
         rows = [row for path in paths for row in read_csv(path)]
@@ -144,8 +158,8 @@ def main(argv=None) -> dict:
         meta = {"source": [os.path.basename(x) for x in paths], "split": "by MR",
                 "fractions": list(args.fractions), "seed": args.seed}
     else:
-        splits = download_official(args.out_dir)
-        meta = {"source": URL, "split": "official", "seed": args.seed}
+        splits = download_official(args.out_dir, args.url)
+        meta = {"source": args.url, "split": "official", "seed": args.seed}
     meta = write_task(splits, args.out_dir, meta)
     for name, size in meta["splits"].items():
         print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs -> {os.path.join(args.out_dir, name)}.jsonl")

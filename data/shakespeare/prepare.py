@@ -3,6 +3,7 @@ Prepare the pretraining corpus: Tiny Shakespeare (plus optional unlabelled task 
 
     python data/shakespeare/prepare.py                          # download Tiny Shakespeare (or reuse the cached copy)
     python data/shakespeare/prepare.py --input input.txt        # a local copy (default: $PREFIXGPT_SHAKESPEARE)
+    python data/shakespeare/prepare.py --url URL                # a mirror (default: $PREFIXGPT_SHAKESPEARE_URL)
     python data/shakespeare/prepare.py --tokenizer gpt2         # GPT-2 BPE → data/shakespeare_gpt2
     python data/shakespeare/prepare.py --out_dir data/demo --extra_text data/e2e/train_text.txt
     python -m data.shakespeare.prepare ...                      # the same, as a module
@@ -11,12 +12,12 @@ The first 90% of the text is train, the last 10% val (as nanoGPT; --val_fraction
 --extra_text files (repeatable) are appended to train only: they let the base model learn to *read* a
 downstream task's training text; no task text ever goes into val.
 Where the text comes from: --input if given; else <out_dir>/input.txt if an earlier run downloaded it;
-else the official URL (then cached there); else, offline, the Python documentation that ships with
-CPython (pydoc_data.topics), with a one-line notice, so the rest of the pipeline still runs.
+else --url (default: Tiny Shakespeare's official URL), then cached there; else, offline, the Python
+documentation that ships with CPython (pydoc_data.topics), with a one-line notice, so the rest of the
+pipeline still runs.
 Default --out_dir: data/shakespeare for the byte tokenizer, data/shakespeare_gpt2 for gpt2, so the two
 never overwrite each other. Writes train.bin / val.bin (token ids, uint16) and meta.json, each atomically.
 """
-import argparse
 import http.client
 import os
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from data.checks import Parser, decode_utf8, fraction, url  # noqa: E402
 from data.files import download_once, write_atomic, write_json  # noqa: E402
 from data.tokenizer import get_tokenizer, token_dtype  # noqa: E402
 
@@ -40,31 +42,34 @@ def fallback_corpus() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-def read_text(path: str) -> str:
+def read_text(path: str, flag: str = "--input") -> str:
+    if os.path.isdir(path):
+        raise SystemExit(f"error: {flag} {path} is a folder; pass a text file")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {flag} file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start})")
+        return decode_utf8(data, path)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
-def read_source(path: str | None, out_dir: str) -> tuple[str, str]:
+def read_source(path: str | None, out_dir: str, url: str = URL) -> tuple[str, str]:
     """(text, where it came from): a local file, the cached or downloaded URL, or the offline fallback."""
     if path:
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: input file not found: {path}")
         return read_text(path), path
     cached = os.path.join(out_dir, "input.txt")
     if os.path.isfile(cached):
         return read_text(cached), cached
     try:
-        download_once(URL, cached, timeout=10)  # cached in out_dir: only the real corpus, never the fallback
-    except (OSError, http.client.HTTPException):  # no network, HTTP error, cut download
-        print("offline and no --input: using CPython's documentation (pydoc_data.topics) as the corpus; "
-              f"for Tiny Shakespeare pass --input FILE or set PREFIXGPT_SHAKESPEARE (it is at {URL})",
+        download_once(url, cached, timeout=10)  # cached in out_dir: only the real corpus, never the fallback
+    except (OSError, http.client.HTTPException) as e:  # no network, HTTP error, cut download
+        print(f"could not download {url} ({e}) and no --input: using CPython's documentation (pydoc_data.topics) "
+              "as the corpus; for Tiny Shakespeare pass --input FILE (or set PREFIXGPT_SHAKESPEARE) or another --url",
               file=sys.stderr)
         return fallback_corpus(), "pydoc_data.topics"
-    return read_text(cached), URL
+    return read_text(cached), url
 
 
 def write_ids(path: str, ids: list[int], dtype):
@@ -100,24 +105,23 @@ def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    ap = Parser(description=__doc__.strip().split("\n\n")[0])
     ap.add_argument("--input", default=os.environ.get("PREFIXGPT_SHAKESPEARE"),
                     help="local UTF-8 text file (default: $PREFIXGPT_SHAKESPEARE, else download)")
+    ap.add_argument("--url", type=url, default=os.environ.get("PREFIXGPT_SHAKESPEARE_URL") or URL,
+                    help="where to download the text from; default $PREFIXGPT_SHAKESPEARE_URL, else Tiny Shakespeare")
     ap.add_argument("--tokenizer", default="byte", choices=["byte", "gpt2"])
     ap.add_argument("--out_dir", default=None, help="default data/shakespeare (data/shakespeare_gpt2 for gpt2)")
     ap.add_argument("--extra_text", action="append", default=[], metavar="FILE",
                     help="unlabelled text file appended to train only (repeatable)")
-    ap.add_argument("--val_fraction", type=float, default=0.1)
+    ap.add_argument("--val_fraction", type=fraction, default=0.1, help="the end of the text kept as val")
     args = ap.parse_args(argv)
     out_dir = args.out_dir or ("data/shakespeare" if args.tokenizer == "byte" else "data/shakespeare_gpt2")
-    for path in args.extra_text:  # check every file before a slow download or tokenization
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: --extra_text file not found: {path}")
+    extra_texts = [read_text(p, "--extra_text") for p in args.extra_text]  # every file read before a slow download
     try:
         tokenizer = get_tokenizer(args.tokenizer)
-        text, source = read_source(args.input, out_dir)
-        meta = prepare(text, tokenizer, out_dir, args.val_fraction, [read_text(p) for p in args.extra_text],
-                       source, args.extra_text)
+        text, source = read_source(args.input, out_dir, args.url)
+        meta = prepare(text, tokenizer, out_dir, args.val_fraction, extra_texts, source, args.extra_text)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"{out_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "

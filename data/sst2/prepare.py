@@ -2,6 +2,7 @@
 Prepare SST-2 (GLUE binary sentiment of movie-review sentences) as JSONL.
 
     python data/sst2/prepare.py                 # download GLUE's SST-2.zip
+    python data/sst2/prepare.py --url URL       # from a mirror (default: $PREFIXGPT_SST2_URL, else URL below)
     python data/sst2/prepare.py --dir PATH      # or a folder holding train.tsv and dev.tsv
     PREFIXGPT_SST2=PATH python -m data.sst2.prepare
 
@@ -11,19 +12,19 @@ Splits: train.tsv -> train and a seeded held-out val (--val_size lines); dev.tsv
     train_text.txt                       the train sentences without labels, one per line
     meta.json                            "labels": [" negative", " positive"] (index = label), sizes, seed
 """
-import argparse
 import http.client
-import io
 import json
 import os
 import random
 import sys
 import zipfile
+import zlib
 
 # run as a script, Python puts this folder on sys.path, not the repo root that holds data/
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from data.checks import Parser, decode_utf8, positive, seed, url  # noqa: E402
 from data.files import download_once, write_atomic, write_json  # noqa: E402
 
 URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
@@ -32,10 +33,14 @@ SENTENCE_COLUMNS = ("sentence", "content")  # GLUE says sentence; some copies sa
 HOW = "pass --dir PATH (a folder with train.tsv and dev.tsv) or set PREFIXGPT_SST2"
 
 
-def read_rows(f, name: str) -> list[tuple[str, int]]:
-    """(sentence, label) pairs from an open TSV file; columns are found by header name."""
+def read_rows(data: bytes, name: str) -> list[tuple[str, int]]:
+    """(sentence, label) pairs from the bytes of a TSV file; columns are found by header name."""
+    try:
+        text = decode_utf8(data, name)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     # not the csv module: SST sentences contain unbalanced quotes, and a TSV line is just fields split on tabs
-    lines = f.read().splitlines()
+    lines = text.split("\n")
     header = [h.strip().lower() for h in lines[0].split("\t")] if lines else []
     text_col = next((c for c in SENTENCE_COLUMNS if c in header), None)
     if text_col is None or "label" not in header:
@@ -59,10 +64,12 @@ def read_rows(f, name: str) -> list[tuple[str, int]]:
 
 
 def read_tsv(path: str) -> list[tuple[str, int]]:
+    if os.path.isdir(path):
+        raise SystemExit(f"{path} is a folder, not an SST-2 TSV file; {HOW}")
     if not os.path.isfile(path):
         raise SystemExit(f"SST-2 file not found: {path}; {HOW}")
-    with open(path, encoding="utf-8-sig") as f:
-        return read_rows(f, path)
+    with open(path, "rb") as f:
+        return read_rows(f.read(), path)
 
 
 def split_train_val(rows, val_size=1000, seed=1337) -> tuple[list, list]:
@@ -100,39 +107,45 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     return meta
 
 
-def download_glue(out_dir: str, timeout: float = 30.0) -> tuple[list, list]:
+def download_glue(out_dir: str, url: str = URL, timeout: float = 30.0) -> tuple[list, list]:
     """(train rows, dev rows) from GLUE's zip (kept in out_dir, so a second run needs no network)."""
     zip_path = os.path.join(out_dir, "SST-2.zip")
     try:
-        download_once(URL, zip_path, timeout)
-    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, cut short
-        raise SystemExit(f"could not download SST-2 ({e}); {HOW}") from None
-    with zipfile.ZipFile(zip_path) as z:
-        by_name = {n.split("/")[-1]: n for n in z.namelist()}  # members sit in SST-2/
-        if "train.tsv" not in by_name or "dev.tsv" not in by_name:
-            raise SystemExit(f"{zip_path} lacks train.tsv or dev.tsv; delete it to download again, or {HOW}")
-        rows = {}
-        for name in ("train.tsv", "dev.tsv"):
-            with z.open(by_name[name]) as f:
-                rows[name] = read_rows(io.TextIOWrapper(f, encoding="utf-8-sig"), name)
+        download_once(url, zip_path, timeout)
+    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, HTTP error, cut short
+        raise SystemExit(f"could not download SST-2 from {url} ({e}); {HOW}") from None
+    rows = {}
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            by_name = {n.split("/")[-1]: n for n in z.namelist()}  # members sit in SST-2/
+            if "train.tsv" not in by_name or "dev.tsv" not in by_name:
+                raise SystemExit(f"{zip_path} lacks train.tsv or dev.tsv; delete it to download again, or {HOW}")
+            for name in ("train.tsv", "dev.tsv"):
+                rows[name] = read_rows(z.read(by_name[name]), f"{zip_path}:{by_name[name]}")
+    except (zipfile.BadZipFile, zlib.error, OSError) as e:  # e.g. a proxy's HTML page saved as the zip
+        raise SystemExit(f"{zip_path} is not a readable zip ({e}); delete it to download again, or {HOW}") from None
     return rows["train.tsv"], rows["dev.tsv"]
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p = Parser(description=__doc__.split("\n\n")[0].strip())
     p.add_argument("--dir", default=os.environ.get("PREFIXGPT_SST2") or None,
                    help="folder with train.tsv and dev.tsv; default $PREFIXGPT_SST2, else download")
+    p.add_argument("--url", type=url, default=os.environ.get("PREFIXGPT_SST2_URL") or URL,
+                   help="where to download SST-2.zip from; default $PREFIXGPT_SST2_URL, else GLUE's URL")
     p.add_argument("--out_dir", default="data/sst2")
-    p.add_argument("--val_size", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--val_size", type=positive, default=1000, help="train lines held out as val")
+    p.add_argument("--seed", type=seed, default=1337)
     args = p.parse_args(argv)
+    if args.dir and os.path.isfile(args.dir):
+        p.error(f"argument --dir: {args.dir} is a file; pass the folder that holds train.tsv and dev.tsv")
     if args.dir:
         train_rows = read_tsv(os.path.join(args.dir, "train.tsv"))
         test_rows = read_tsv(os.path.join(args.dir, "dev.tsv"))
         source = "local train.tsv and dev.tsv"
     else:
-        train_rows, test_rows = download_glue(args.out_dir)
-        source = URL
+        train_rows, test_rows = download_glue(args.out_dir, args.url)
+        source = args.url
     train, val = split_train_val(train_rows, args.val_size, args.seed)
     meta = {"source": source, "test": "GLUE dev.tsv", "val_size": args.val_size, "seed": args.seed,
             "train_dropped_as_val_duplicates": len(train_rows) - len(train) - len(val)}
