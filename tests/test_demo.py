@@ -6,9 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_the_main_job_runs_end_to_end(tmp_path):
     e2e_csv = tmp_path / "e2e.csv"
     with open(e2e_csv, "w", encoding="utf-8", newline="") as f:

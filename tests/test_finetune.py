@@ -10,24 +10,18 @@ import pytest
 import torch
 
 from checkpoint import load_model, save_prefix, weights_fingerprint
+from conftest import run
 from data.shakespeare.prepare import prepare
 from data.tasks import collate, load_task
 from data.tokenizer import ByteTokenizer
 from prefix import PrefixTuning
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = ByteTokenizer()
 MRS = [("name[Blue Spice], food[Chinese]", " Blue Spice serves Chinese food."),
        ("name[The Mill], area[riverside]", " The Mill is by the riverside."),
        ("name[Zizzi], food[Italian]", " Zizzi is an Italian place."),
        ("name[Loch Fyne], area[city centre]", " Loch Fyne is in the city centre.")]
 
-
-def run(script, *args, check=True):
-    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if check:
-        assert res.returncode == 0, res.stdout + res.stderr
-    return res
 
 
 def write_jsonl(path, rows):
@@ -69,6 +63,7 @@ def test_prompt_tokens_are_not_targets(tmp_path):
     assert y.tolist() == [[-1] + TOK.encode("xyz") + [TOK.eot_token]]   # targets: completion + end marker
 
 
+@pytest.mark.slow
 def test_prompt_tokens_contribute_nothing_to_the_loss(setup):
     model, _ = load_model(setup["base"])
     (ex,), _ = load_task(write_jsonl(setup["dir"] / "one.jsonl", [{"prompt": "zzz ||", "completion": " The Mill"}]),
@@ -97,6 +92,7 @@ def test_batches_cover_each_example_once_per_epoch_in_batches_of_similar_length(
 
 # -- fine-tuning ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prefix", "prefix-reparam", "prompt"])
 def test_finetune_lowers_val_loss_and_keeps_the_base_bit_identical(setup, tmp_path, method):
     base_bytes = open(setup["base"], "rb").read()
@@ -112,6 +108,7 @@ def test_finetune_lowers_val_loss_and_keeps_the_base_bit_identical(setup, tmp_pa
     assert saved["metrics"]["val_loss"] == summary["best_val_loss"]
 
 
+@pytest.mark.slow
 def test_text_initialised_prefix_starts_as_those_words(setup, tmp_path):
     res = finetune(setup, tmp_path / "init", "--init=text", "--init_text=name[", "--max_iters=0")
     assert res.returncode == 0
@@ -121,6 +118,7 @@ def test_text_initialised_prefix_starts_as_those_words(setup, tmp_path):
     torch.testing.assert_close(blob["state"]["prefix"][0, 0], kv[0][0][0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_an_existing_prefix_is_not_overwritten(setup, tmp_path):
     finetune(setup, tmp_path / "p", "--max_iters=2")
     before = (tmp_path / "p" / "prefix.pt").read_bytes()
@@ -131,6 +129,7 @@ def test_an_existing_prefix_is_not_overwritten(setup, tmp_path):
 
 # -- evaluation ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_beam_search_of_width_one_is_greedy(setup):
     model, _ = load_model(setup["base"])
     prefix = PrefixTuning(model.config, 3)
@@ -144,6 +143,7 @@ def test_beam_search_of_width_one_is_greedy(setup):
         assert model.beam_search(idx, 30, beam_width=1, prefix_kv=prefix(model), stop_token=TOK.eot_token) == greedy
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_prompt_at_a_time(setup):
     """(prefix, prompt) rows of different prefixes and prompt lengths decoded in one mixed batch (their
     caches batched like mixed-length prefixes) give exactly what generate gives for each row alone."""
@@ -161,6 +161,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(setup):
         assert new == alone[0, len(ids):].tolist()
 
 
+@pytest.mark.slow
 def test_wider_beams_find_sequences_at_least_as_likely(setup):
     """With no length penalty, beam search's answer scores at least as high as greedy's."""
     model, _ = load_model(setup["base"])
@@ -177,6 +178,7 @@ def test_wider_beams_find_sequences_at_least_as_likely(setup):
     assert logprob(beam) >= logprob(greedy) - 1e-4
 
 
+@pytest.mark.slow
 def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     finetune(setup, tmp_path / "p", "--max_iters=10")
     out = tmp_path / "completions.jsonl"
@@ -204,6 +206,7 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     assert "perplexity" in res.stdout
 
 
+@pytest.mark.slow
 def test_classification_by_label_likelihood(setup, tmp_path):
     data = write_jsonl(tmp_path / "cls.jsonl", [{"prompt": "The Mill is by the", "completion": " riverside."},
                                                 {"prompt": "Zizzi is an", "completion": " Italian place."}])
@@ -220,6 +223,7 @@ def test_classification_by_label_likelihood(setup, tmp_path):
     ([], "holds no examples"),
     ([{"prompt": "x" * 200, "completion": "b"}], ":1: the prompt is 200 tokens"),
 ])
+@pytest.mark.slow
 def test_bad_task_files_name_the_file_and_line(setup, tmp_path, lines, message):
     bad = write_jsonl(tmp_path / "bad.jsonl", lines)
     res = run("finetune_prefix.py", f"--base={setup['base']}", f"--train_file={bad}", f"--val_file={setup['val']}",
@@ -229,6 +233,7 @@ def test_bad_task_files_name_the_file_and_line(setup, tmp_path, lines, message):
     assert not (tmp_path / "o" / "prefix.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_prefix_for_another_base_is_refused(setup, tmp_path):
     model, _ = load_model(setup["base"])
     torch.manual_seed(5)
@@ -242,6 +247,7 @@ def test_a_prefix_for_another_base_is_refused(setup, tmp_path):
     assert res.returncode == 1 and "'gpt2' tokenizer" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_task_tokenized_differently_from_the_base_is_refused(setup, tmp_path):
     d = tmp_path / "gpt2data"
     d.mkdir()
@@ -252,6 +258,7 @@ def test_a_task_tokenized_differently_from_the_base_is_refused(setup, tmp_path):
     assert res.returncode == 1 and "'gpt2' tokens but the base model uses the 'byte' tokenizer" in res.stderr
 
 
+@pytest.mark.slow
 def test_sample_with_two_prefixes_in_one_mixed_batch(setup, tmp_path):
     model, _ = load_model(setup["base"])
     paths = []

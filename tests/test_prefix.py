@@ -6,7 +6,8 @@ import torch
 
 from model import GPT, GPTConfig
 from optim import make_adamw
-from checkpoint import load_prefix, save_prefix, weights_fingerprint
+from checkpoint import load_prefix, save_prefix, short_labels, weights_fingerprint
+from conftest import RunsCode
 from prefix import PrefixTuning, PromptTuning, batch_prefixes, build_prefix, count_parameters, freeze
 
 METHODS = ["prefix", "prefix-reparam", "prompt"]
@@ -155,13 +156,6 @@ def test_loading_a_prefix_onto_another_model_is_refused(tiny_model, tiny_config,
         load_prefix(path, same_shape_other_weights, base_fingerprint=weights_fingerprint(same_shape_other_weights))
 
 
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
 
 def test_a_file_carrying_pickled_code_is_refused(tiny_model, tmp_path):
     marker = str(tmp_path / "code_ran")
@@ -214,3 +208,9 @@ def test_prefix_tuning_fits_one_tiny_batch(tiny_config, method):
         loss.backward()
         opt.step()
     assert loss.item() < first / 2, (first, loss.item())
+
+
+def test_sample_labels_tell_prefix_files_apart():
+    assert short_labels(["out/a.pt", "b.pt"]) == ["a.pt", "b.pt"]
+    assert short_labels(["out/e2e_prefix/prefix.pt", "out/e2e_prompt/prefix.pt"]) == \
+        ["e2e_prefix/prefix.pt", "e2e_prompt/prefix.pt"]

@@ -9,19 +9,15 @@ import time
 import pytest
 import torch
 
+from conftest import ROOT, RunsCode, run
 from data.shakespeare.prepare import prepare
 from data.tokenizer import ByteTokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow   # every test here trains or runs a script
+
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
         "--log_interval=1", "--warmup_iters=2", "--device=cpu"]
 
-
-def run(script, *args, check=True):
-    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if check:
-        assert res.returncode == 0, res.stdout + res.stderr
-    return res
 
 
 def losses(out_dir):
@@ -66,6 +62,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
     assert sorted(b) == list(range(1, 21))
     for it in range(11, 21):   # dropout and batch sampling continue from the saved RNG states
         assert a[it] == b[it], (it, a[it], b[it])
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                                reason="finds the DDP worker processes through /proc (Linux)")
 
 
 def read_proc(pid, name):
@@ -137,6 +137,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(corpus, tmp_path):
     assert f"iteration {it}" in res.stdout
 
 
+@needs_proc
 def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(corpus, tmp_path):
     # Without agreeing on when to stop, the signalled rank leaves the loop and the other one waits
     # forever in the next gradient all-reduce.
@@ -199,13 +200,6 @@ def test_a_fresh_run_never_clobbers_an_earlier_one(corpus, tmp_path):
     assert (out / "last.pt").read_bytes() == before
 
 
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
 
 @pytest.mark.parametrize("kind", ["corrupt", "pickled code"])
 def test_bad_checkpoints_are_refused_and_left_alone(corpus, tmp_path, kind):
@@ -248,10 +242,3 @@ def test_sample_generates_from_a_checkpoint(corpus, tmp_path):
     again = run("sample.py", f"--ckpt={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
                 "--seed=3")
     assert res.stdout == again.stdout
-
-
-def test_sample_labels_tell_prefix_files_apart():
-    from checkpoint import short_labels
-    assert short_labels(["out/a.pt", "b.pt"]) == ["a.pt", "b.pt"]
-    assert short_labels(["out/e2e_prefix/prefix.pt", "out/e2e_prompt/prefix.pt"]) == \
-        ["e2e_prefix/prefix.pt", "e2e_prompt/prefix.pt"]
