@@ -6,6 +6,7 @@ Nothing is downloaded: the "hub" is an http.server on 127.0.0.1 serving a tiny r
 import functools
 import http.server
 import json
+import math
 import os
 import shutil
 import struct
@@ -18,6 +19,8 @@ import torch
 import transformers
 from safetensors import safe_open
 
+from cli import parse
+from finetune_prefix import FinetuneConfig
 from gpt2 import is_gpt2_name, read_safetensors, write_safetensors
 from model import GPT
 
@@ -373,3 +376,13 @@ def test_damaged_safetensors_is_a_one_line_error_naming_the_file(tmp_path, heade
         read_safetensors(path)
     assert "bad.safetensors" in one_line_error(e)
 
+
+# -- the paper's E2E setting ---------------------------------------------------------------------
+
+def test_e2e_gpt2_config_uses_finetune_fields_and_five_epochs():
+    cfg = FinetuneConfig()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    given = parse([os.path.join(root, "config", "finetune_e2e_gpt2.toml")], cfg)
+    assert {"base", "method", "n_prefix", "batch_size", "max_iters", "learning_rate"} <= given
+    assert (cfg.base, cfg.method, cfg.n_prefix) == ("gpt2-medium", "prefix-reparam", 10)
+    assert cfg.max_iters == 5 * math.ceil(42061 / cfg.batch_size)
