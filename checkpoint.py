@@ -140,7 +140,15 @@ def load_checkpoint(path: str, need_resume: bool = False) -> dict:
 
 
 def load_model(path: str, device="cpu"):
-    """A GPT from a checkpoint written by train.py. Returns (model in eval mode, checkpoint dict)."""
+    """A base model, from a checkpoint written by train.py or from GPT-2's weights (a name such as
+    gpt2-medium, or a Hugging Face folder). Returns (model in eval mode, checkpoint dict); for GPT-2 the
+    dict holds what a checkpoint would: its model_config and the gpt2 tokenizer."""
+    # imported here, not at the top: gpt2.py reads .bin files with this module's safe_torch_load
+    from gpt2 import is_gpt2_name, load_gpt2
+    if is_gpt2_name(path) or os.path.isfile(os.path.join(path, "config.json")):
+        model = load_gpt2(path)
+        return model.to(device).eval(), {"model_config": vars(model.config).copy(), "tokenizer": "gpt2",
+                                         "source": path}
     ckpt = load_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])

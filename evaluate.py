@@ -36,7 +36,7 @@ from scoring import classification_scores, generation_scores, task_loss
 @dataclass
 class EvalConfig:
     mode: str = setting("loss", choices=("loss", "generate", "classify"))
-    ckpt: str = "out/demo/base/best.pt"
+    ckpt: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
     prefix: list[str] = setting([])  # prefix files, comma-separated; none = the base alone
     with_base: bool = False       # also score the base without a prefix, beside the prefixes
     data: str = "data/e2e/test.jsonl"

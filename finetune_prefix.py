@@ -32,7 +32,7 @@ from scoring import task_loss
 
 @dataclass
 class FinetuneConfig:
-    base: str = "out/demo/base/best.pt"   # checkpoint written by train.py
+    base: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name (gpt2, gpt2-medium, ...) or HF folder
     train_file: str = "data/e2e/train.jsonl"
     val_file: str = "data/e2e/val.jsonl"
     out_dir: str = "out/e2e_prefix"

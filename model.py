@@ -18,8 +18,9 @@ Shapes used throughout (B batch, T tokens, P prefix slots, C = n_embd, nh = n_he
                   positions n_valid[b] .. n_valid[b]+T-1, as if that row ran alone.
 
 Module names follow GPT-2 (transformer.wte, wpe, h[i].ln_1, attn.c_attn, ...), so a GPT-2 checkpoint's
-tensor names match these. Its values do not load as they are: GPT-2 stores its c_attn / c_proj / c_fc
-weights as Conv1D, transposed relative to nn.Linear, and it needs gelu="tanh".
+tensors keep their names here. Two things do not carry over as they are: GPT-2's Conv1D layers store
+their weights transposed ((in, out), where nn.Linear has (out, in)), and GPT-2's weights need
+gelu="tanh". `GPT.from_pretrained` (in gpt2.py) does both.
 
 This module knows the model and nothing else: no files, devices, tokenizers or training.
 """
@@ -405,6 +406,14 @@ class GPT(nn.Module):
         if not finished:  # every surviving beam was cut by the finish rule above; keep them
             finished = [(alive[b].tolist(), scores[b].item()) for b in range(alive.size(0))]
         return max(finished, key=lambda f: f[1] / max(len(f[0]), 1) ** length_penalty)[0]
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, cache_dir: str | None = None) -> "GPT":
+        """GPT-2's weights: a name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), downloaded once into a
+        cache, or a local folder in Hugging Face's layout (config.json + model.safetensors or
+        pytorch_model.bin). Returns the model in eval mode; see gpt2.load_gpt2."""
+        from gpt2 import load_gpt2  # here, not at the top: gpt2.py imports this module
+        return load_gpt2(name_or_dir, cache_dir)
 
 
 def sample_next(logits, temperature=1.0, top_k=None):

@@ -22,7 +22,7 @@ from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 
 @dataclass
 class SampleConfig:
-    ckpt: str = "out/shakespeare_baby/best.pt"
+    ckpt: str = "out/shakespeare_baby/best.pt"   # a train.py checkpoint, a GPT-2 name or a HF folder
     prefix: list[str] = setting([])   # prefix files, comma-separated
     with_base: bool = False        # also sample the frozen base without any prefix, in the same batch
     prompt: str = "\n"             # text, or FILE:path to read it from a file

@@ -24,12 +24,12 @@ def both_paths(model, fn):
 
 # 1 -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fast", [True, False])
-def test_prefix_from_real_tokens_equals_prepending_them(tiny_model, fast):
+def test_prefix_from_real_tokens_equals_prepending_them(tiny_config, tiny_model, fast):
     tiny_model.fast_attention = fast
     torch.manual_seed(1)
-    w = torch.randint(0, 61, (2, 6))   # the words the prefix is made of
-    x = torch.randint(0, 61, (2, 9))
-    y = torch.randint(0, 61, (2, 9))
+    w = torch.randint(0, tiny_config.vocab_size, (2, 6))   # the words the prefix is made of
+    x = torch.randint(0, tiny_config.vocab_size, (2, 9))
+    y = torch.randint(0, tiny_config.vocab_size, (2, 9))
     prefix_kv = tiny_model.key_values(w)
     assert [tuple(k.shape) for k, _ in prefix_kv] == [(2, 4, 6, 8)] * 3
     logits, loss = tiny_model(x, y, prefix_kv=prefix_kv)
@@ -40,9 +40,9 @@ def test_prefix_from_real_tokens_equals_prepending_them(tiny_model, fast):
     torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=0)
 
 
-def test_key_values_after_a_prefix_continue_the_sequence(tiny_model):
+def test_key_values_after_a_prefix_continue_the_sequence(tiny_config, tiny_model):
     """key_values(b, prefix_kv=key_values(a)) are the keys/values of b inside concat(a, b)."""
-    a, b = torch.randint(0, 61, (1, 4)), torch.randint(0, 61, (1, 5))
+    a, b = torch.randint(0, tiny_config.vocab_size, (1, 4)), torch.randint(0, tiny_config.vocab_size, (1, 5))
     chained = tiny_model.key_values(b, prefix_kv=tiny_model.key_values(a))
     whole = tiny_model.key_values(torch.cat([a, b], 1))
     for (k1, v1), (k2, v2) in zip(chained, whole):
@@ -54,14 +54,14 @@ def test_key_values_after_a_prefix_continue_the_sequence(tiny_model):
 @pytest.mark.parametrize("P", [0, 1, 3, 10])
 @pytest.mark.parametrize("T", [1, 7])
 def test_fast_path_equals_reference_path(tiny_model, tiny_config, P, T):
-    x = torch.randint(0, 61, (3, T))
+    x = torch.randint(0, tiny_config.vocab_size, (3, T))
     prefix_kv = random_prefix(tiny_config, P) if P else None
     fast, ref = both_paths(tiny_model, lambda m: m(x, prefix_kv=prefix_kv)[0])
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_path_equals_reference_path_with_a_padding_mask(tiny_model, tiny_config):
-    x = torch.randint(0, 61, (2, 5))
+    x = torch.randint(0, tiny_config.vocab_size, (2, 5))
     prefix_kv = random_prefix(tiny_config, 4, batch=2)
     mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
     fast, ref = both_paths(tiny_model, lambda m: m(x, prefix_kv=prefix_kv, prefix_mask=mask)[0])
@@ -78,14 +78,14 @@ def test_the_mask_is_causal_from_the_bottom_right():
 
 # 3 -----------------------------------------------------------------------------------------------
 def test_no_prefix_and_empty_prefix_are_the_plain_model(tiny_model, tiny_config):
-    x = torch.randint(0, 61, (2, 8))
+    x = torch.randint(0, tiny_config.vocab_size, (2, 8))
     plain = tiny_model(x)[0]
     assert torch.equal(tiny_model(x, prefix_kv=None)[0], plain)
     assert torch.equal(tiny_model(x, prefix_kv=random_prefix(tiny_config, 0))[0], plain)
 
 
 def test_batch_one_prefix_broadcasts(tiny_model, tiny_config):
-    x = torch.randint(0, 61, (3, 6))
+    x = torch.randint(0, tiny_config.vocab_size, (3, 6))
     one = random_prefix(tiny_config, 4, batch=1)
     tiled = [(k.expand(3, -1, -1, -1).clone(), v.expand(3, -1, -1, -1).clone()) for k, v in one]
     torch.testing.assert_close(tiny_model(x, prefix_kv=one)[0], tiny_model(x, prefix_kv=tiled)[0],
@@ -94,18 +94,18 @@ def test_batch_one_prefix_broadcasts(tiny_model, tiny_config):
 
 def test_prefix_changes_the_output(tiny_model, tiny_config):
     """Guards the tests above against a model that silently ignores prefix_kv."""
-    x = torch.randint(0, 61, (1, 6))
+    x = torch.randint(0, tiny_config.vocab_size, (1, 6))
     assert not torch.allclose(tiny_model(x)[0], tiny_model(x, prefix_kv=random_prefix(tiny_config, 3))[0])
 
 
 # 4 -----------------------------------------------------------------------------------------------
 def test_prefix_plus_sequence_longer_than_block_size_raises(tiny_model, tiny_config):
-    x = torch.randint(0, 61, (1, 30))
+    x = torch.randint(0, tiny_config.vocab_size, (1, tiny_config.block_size - 2))
     tiny_model(x, prefix_kv=random_prefix(tiny_config, 2))  # 2 + 30 = 32 = block_size fits
     with pytest.raises(ValueError, match=r"3 \+ sequence length 30 = 33 exceeds block_size 32"):
         tiny_model(x, prefix_kv=random_prefix(tiny_config, 3))
     with pytest.raises(ValueError, match="block_size 32"):
-        tiny_model(torch.randint(0, 61, (1, 33)))
+        tiny_model(torch.randint(0, tiny_config.vocab_size, (1, tiny_config.block_size + 1)))
 
 
 def test_prefix_for_another_model_is_refused(tiny_model):
@@ -122,7 +122,7 @@ def test_prefix_for_another_model_is_refused(tiny_model):
 def test_greedy_generation_with_cache_equals_without(tiny_model, tiny_config, P):
     # 40 new tokens run well past block_size 32, so the sliding window is exercised too
     prefix_kv = random_prefix(tiny_config, P) if P else None
-    idx = torch.randint(0, 61, (2, 4))
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 4))
     cached = tiny_model.generate(idx, 40, temperature=0, prefix_kv=prefix_kv)
     uncached = tiny_model.generate(idx, 40, temperature=0, prefix_kv=prefix_kv, use_cache=False)
     assert cached.shape == (2, 44)
@@ -132,15 +132,15 @@ def test_greedy_generation_with_cache_equals_without(tiny_model, tiny_config, P)
 def test_uncached_generation_is_argmax_of_forward(tiny_model, tiny_config):
     """Ties generate(use_cache=False) to forward(), so test 5 compares against the model itself."""
     prefix_kv = random_prefix(tiny_config, 3)
-    idx = torch.randint(0, 61, (1, 5))
+    idx = torch.randint(0, tiny_config.vocab_size, (1, 5))
     out = tiny_model.generate(idx, 6, temperature=0, prefix_kv=prefix_kv, use_cache=False)
     for t in range(5, 11):
         logits, _ = tiny_model(out[:, :t], prefix_kv=prefix_kv)
         assert out[0, t] == logits[0, -1].argmax()
 
 
-def test_sampling_with_cache_equals_without_for_the_same_seed(tiny_model):
-    idx = torch.randint(0, 61, (2, 3))
+def test_sampling_with_cache_equals_without_for_the_same_seed(tiny_config, tiny_model):
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 3))
     torch.manual_seed(7)
     a = tiny_model.generate(idx, 20, temperature=0.8, top_k=10)
     torch.manual_seed(7)
@@ -148,8 +148,8 @@ def test_sampling_with_cache_equals_without_for_the_same_seed(tiny_model):
     assert torch.equal(a, b)
 
 
-def test_generation_stops_at_stop_token(tiny_model):
-    idx = torch.randint(0, 61, (1, 3))
+def test_generation_stops_at_stop_token(tiny_config, tiny_model):
+    idx = torch.randint(0, tiny_config.vocab_size, (1, 3))
     first = tiny_model.generate(idx, 1, temperature=0)[0, -1].item()
     out = tiny_model.generate(idx, 10, temperature=0, stop_token=first)
     assert out.shape == (1, 4)

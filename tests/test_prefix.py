@@ -33,7 +33,7 @@ def test_only_the_prefix_trains_and_the_base_is_bit_identical(tiny_model, tiny_c
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prefix = build_prefix(method, tiny_config, 4)
     opt = make_adamw(prefix, lr=1e-2, weight_decay=0.1)
-    x = torch.randint(0, 61, (2, 8))
+    x = torch.randint(0, tiny_config.vocab_size, (2, 8))
     _, loss = model(x, torch.roll(x, -1, 1), prefix_kv=prefix(model))
     loss.backward()
     assert all(p.grad is None for p in model.parameters())
@@ -61,17 +61,17 @@ def test_folded_reparameterisation_gives_the_same_logits(tiny_model, tiny_config
     prefix = PrefixTuning(tiny_config, 5, reparam=True, reparam_hidden=24)
     torch.nn.init.normal_(prefix.mlp[2].weight, std=0.5)  # make the MLP's output far from zero
     folded = prefix.fold()
-    assert not folded.reparam and sum(p.numel() for p in folded.parameters()) == 3 * 2 * 4 * 5 * 8
-    x = torch.randint(0, 61, (2, 7))
+    assert not folded.reparam and sum(p.numel() for p in folded.parameters()) == tiny_config.n_layer * 2 * tiny_config.n_head * 5 * tiny_config.head_dim
+    x = torch.randint(0, tiny_config.vocab_size, (2, 7))
     torch.testing.assert_close(tiny_model(x, prefix_kv=folded(tiny_model))[0],
                                tiny_model(x, prefix_kv=prefix(tiny_model))[0], atol=1e-6, rtol=0)
 
 
 def test_reparameterised_prefix_can_start_from_real_text(tiny_model, tiny_config):
-    words = torch.randint(0, 61, (1, 4))
+    words = torch.randint(0, tiny_config.vocab_size, (1, 4))
     target = tiny_model.key_values(words)
     prefix = PrefixTuning(tiny_config, 4, reparam=True, reparam_hidden=64).init_from_kv(target)
-    x = torch.randint(0, 61, (1, 6))
+    x = torch.randint(0, tiny_config.vocab_size, (1, 6))
     want = tiny_model(torch.cat([words, x], 1))[0][:, -6:]
     torch.testing.assert_close(tiny_model(x, prefix_kv=prefix(tiny_model))[0], want, atol=2e-2, rtol=0)
 
@@ -89,7 +89,7 @@ def test_prompt_tuning_kv_are_the_models_own_kv_for_the_soft_embeddings(tiny_mod
     torch.testing.assert_close(prefix_kv[0][0], as_heads(k), atol=1e-6, rtol=0)
     torch.testing.assert_close(prefix_kv[0][1], as_heads(v), atol=1e-6, rtol=0)
     # all layers: the prefix acts exactly like soft embeddings concatenated before the input
-    x = torch.randint(0, 61, (1, 5))
+    x = torch.randint(0, tiny_config.vocab_size, (1, 5))
     h, _ = tiny_model.trunk(torch.cat([prompt.soft_embeds[None], tr.wte(x)], dim=1))
     torch.testing.assert_close(tiny_model(x, prefix_kv=prefix_kv)[0], tiny_model.lm_head(h)[:, 3:],
                                atol=1e-5, rtol=0)
@@ -113,7 +113,7 @@ def test_each_row_of_a_mixed_prefix_batch_equals_that_row_alone(tiny_model, tiny
             torch.nn.init.normal_(q, std=1.0)
     kvs = [p(tiny_model) for p in prefixes] + [None]          # lengths 2, 6, 4 and no prefix at all
     rows = [1, 0, 3, 2, 1]
-    x = torch.randint(0, 61, (5, 7))
+    x = torch.randint(0, tiny_config.vocab_size, (5, 7))
     prefix_kv, prefix_mask = batch_prefixes(kvs, rows)
     assert prefix_mask.sum(1).tolist() == [6, 2, 0, 4, 6]
     mixed = tiny_model(x, prefix_kv=prefix_kv, prefix_mask=prefix_mask)[0]
@@ -136,7 +136,7 @@ def test_save_then_load_gives_identical_logits(tiny_model, tiny_config, tmp_path
     loaded, meta = load_prefix(path, tiny_model, tokenizer="byte",
                                base_fingerprint=weights_fingerprint(tiny_model))
     assert meta["method"] == method and meta["n_prefix"] == 4
-    x = torch.randint(0, 61, (2, 5))
+    x = torch.randint(0, tiny_config.vocab_size, (2, 5))
     assert torch.equal(tiny_model(x, prefix_kv=loaded(tiny_model))[0],
                        tiny_model(x, prefix_kv=prefix(tiny_model))[0])
 
@@ -195,7 +195,7 @@ def test_parameter_accounting(tiny_model, tiny_config):
 def test_prefix_tuning_fits_one_tiny_batch(tiny_config, method):
     model = sharp_base(tiny_config)
     torch.manual_seed(1)
-    x = torch.randint(0, 61, (2, 8))
+    x = torch.randint(0, tiny_config.vocab_size, (2, 8))
     y = torch.roll(x, -1, 1)
     prefix = build_prefix(method, tiny_config, 8, reparam_hidden=64)
     opt = torch.optim.AdamW(prefix.parameters(), lr=3e-2 if method != "prefix-reparam" else 1e-2,

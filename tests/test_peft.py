@@ -1,0 +1,193 @@
+"""peft_io.py: a prefix written here runs under PEFT with the same logits, and PEFT's adapters run here.
+
+peft and transformers are the oracles (test-only dependencies). The base is a tiny random GPT-2, loaded
+both by GPT.from_pretrained and by transformers from the same folder.
+"""
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+from gpt2 import read_safetensors, write_safetensors
+from model import GPT
+from peft_io import load_peft, save_peft
+from prefix import PrefixTuning, PromptTuning
+from test_gpt2 import VOCAB, tiny_hf_model
+
+P = 4
+# PEFT calls a transformers method that transformers 5.24 deprecates; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(folder, this project's GPT) for a tiny random GPT-2; hf_base() gives fresh transformers copies."""
+    folder = str(tmp_path_factory.mktemp("gpt2_base"))
+    tiny_hf_model(seed=5).save_pretrained(folder)
+    return folder, GPT.from_pretrained(folder)
+
+
+def hf_base(folder):
+    # a fresh copy each time: PEFT wraps and freezes the model it is given
+    return transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+def tokens(n=2, T=9, seed=6):
+    return torch.randint(0, VOCAB, (n, T), generator=torch.Generator().manual_seed(seed))
+
+
+def peft_logits(peft_model, x, n_virtual=0):
+    """PEFT's logits for the real tokens. Prompt tuning returns the virtual tokens' positions too."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # transformers' deprecation notes about cache argument names
+        logits = peft_model(input_ids=x).logits
+    return logits[:, n_virtual:]
+
+
+def ours(model, prefix, x):
+    with torch.no_grad():
+        return model(x, prefix_kv=prefix(model))[0]
+
+
+def random_prefix(method, config, seed=7):
+    """A prefix far from zero (std 1), so that a wrong order of layers, keys or heads shows up."""
+    torch.manual_seed(seed)
+    if method == "prompt":
+        prefix = PromptTuning(config, P)
+    else:
+        prefix = PrefixTuning(config, P, reparam=(method == "prefix-reparam"), reparam_hidden=16)
+    with torch.no_grad():
+        for p in prefix.parameters():
+            p.normal_()
+    return prefix
+
+
+# -- this project → PEFT ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["prefix", "prefix-reparam", "prompt"])
+def test_saved_prefix_gives_the_same_logits_under_peft(base, tmp_path, method):
+    folder, model = base
+    prefix = random_prefix(method, model.config)
+    save_peft(prefix, str(tmp_path), base_model_name_or_path=folder)
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    peft_model = PeftModel.from_pretrained(hf_base(folder), str(tmp_path)).eval()
+    x = tokens()
+    expected = ours(model, prefix, x)
+    with torch.no_grad():
+        assert (expected - model(x)[0]).abs().max() > 0.1                  # the prefix matters
+    got = peft_logits(peft_model, x, n_virtual=P if method == "prompt" else 0)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+def test_round_trip_through_the_peft_folder_is_exact(base, tmp_path):
+    _, model = base
+    for method in ("prefix", "prompt"):
+        prefix = random_prefix(method, model.config)
+        save_peft(prefix, str(tmp_path / method))
+        back = load_peft(str(tmp_path / method), model)
+        assert type(back) is type(prefix) and back.n_prefix == P
+        for a, b in zip(prefix.parameters(), back.parameters()):
+            assert torch.equal(a, b)
+
+
+# -- PEFT → this project ---------------------------------------------------------------------------
+
+def peft_made(folder, peft_config, seed=8):
+    """A PEFT model with a freshly made adapter whose weights are randomised far from their init."""
+    peft_model = get_peft_model(hf_base(folder), peft_config).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in peft_model.prompt_encoder.parameters():
+            p.normal_()
+    return peft_model
+
+
+@pytest.mark.parametrize("projection", [False, True], ids=["plain", "prefix_projection"])
+def test_peft_prefix_tuning_adapter_loads_with_peft_logits(base, tmp_path, projection):
+    folder, model = base
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P,
+                                prefix_projection=projection, encoder_hidden_size=16)
+    peft_model = peft_made(folder, config)
+    peft_model.save_pretrained(str(tmp_path))
+    prefix = load_peft(str(tmp_path), model)
+    assert isinstance(prefix, PrefixTuning) and not prefix.reparam and prefix.n_prefix == P
+    x = tokens()
+    torch.testing.assert_close(ours(model, prefix, x), peft_logits(peft_model, x), atol=1e-4, rtol=0)
+
+
+def test_peft_projection_mlp_weights_are_folded_on_load(base, tmp_path):
+    """PEFT itself saves the MLP's output (test above); a file holding the MLP's own weights, as the
+    prompt encoder's state dict has them, is folded here into the same prefix."""
+    folder, model = base
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P,
+                                prefix_projection=True, encoder_hidden_size=16)
+    peft_model = peft_made(folder, config)
+    peft_model.save_pretrained(str(tmp_path / "saved"))
+    encoder = peft_model.prompt_encoder["default"].state_dict()
+    assert sorted(encoder) == ["embedding.weight", "transform.0.bias", "transform.0.weight",
+                               "transform.2.bias", "transform.2.weight"]
+    (tmp_path / "mlp").mkdir()
+    shutil.copy(tmp_path / "saved" / "adapter_config.json", tmp_path / "mlp")
+    write_safetensors(str(tmp_path / "mlp" / "adapter_model.safetensors"),
+                      {f"prompt_encoder.default.{k}": v for k, v in encoder.items()})
+    prefix = load_peft(str(tmp_path / "mlp"), model)
+    x = tokens()
+    torch.testing.assert_close(ours(model, prefix, x), peft_logits(peft_model, x), atol=1e-4, rtol=0)
+
+
+def test_peft_prompt_tuning_adapter_loads_with_peft_logits(base, tmp_path):
+    folder, model = base
+    peft_model = peft_made(folder, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P))
+    peft_model.save_pretrained(str(tmp_path))
+    prompt = load_peft(str(tmp_path), model)
+    assert isinstance(prompt, PromptTuning) and prompt.n_prefix == P
+    x = tokens()
+    torch.testing.assert_close(ours(model, prompt, x), peft_logits(peft_model, x, n_virtual=P), atol=1e-4, rtol=0)
+
+
+# -- folders that must not load ------------------------------------------------------------------
+
+def edit_config(path, **changes):
+    with open(path) as f:
+        conf = json.load(f)
+    conf.update(changes)
+    with open(path, "w") as f:
+        json.dump(conf, f)
+
+
+def test_bad_adapter_folders_are_one_line_errors(base, tmp_path):
+    folder, model = base
+    good = tmp_path / "good"
+    save_peft(random_prefix("prefix", model.config), str(good))
+
+    def broken(name, change):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        change(d)
+        with pytest.raises(ValueError) as e:
+            load_peft(str(d), model)
+        msg = str(e.value)
+        assert "\n" not in msg, msg
+        return msg
+
+    assert "no adapter_config.json" in broken("no-config", lambda d: os.remove(d / "adapter_config.json"))
+    assert "neither adapter_model.safetensors" in broken(
+        "no-weights", lambda d: os.remove(d / "adapter_model.safetensors"))
+    assert "peft_type 'LORA'" in broken("lora", lambda d: edit_config(d / "adapter_config.json", peft_type="LORA"))
+    assert "num_layers=3, but the model has 2" in broken(
+        "layers", lambda d: edit_config(d / "adapter_config.json", num_layers=3))
+    assert "not a decoder-only CAUSAL_LM adapter" in broken(  # a seq2seq adapter has two sets of virtual tokens
+        "seq2seq", lambda d: edit_config(d / "adapter_config.json", task_type="SEQ_2_SEQ_LM",
+                                         num_transformer_submodules=2))
+    msg = broken("shape", lambda d: edit_config(d / "adapter_config.json", num_virtual_tokens=P + 1))
+    assert "'prompt_embeddings' has shape (4, 128)" in msg and "(5, 128)" in msg
+
+    def wrong_tensor(d):
+        t = read_safetensors(str(d / "adapter_model.safetensors"))["prompt_embeddings"]
+        write_safetensors(str(d / "adapter_model.safetensors"), {"embeddings": t})
+    assert "neither prompt_embeddings nor PEFT's prefix MLP" in broken("renamed", wrong_tensor)
