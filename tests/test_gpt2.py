@@ -386,3 +386,33 @@ def test_e2e_gpt2_config_uses_finetune_fields_and_five_epochs():
     assert {"base", "method", "n_prefix", "batch_size", "max_iters", "learning_rate"} <= given
     assert (cfg.base, cfg.method, cfg.n_prefix) == ("gpt2-medium", "prefix-reparam", 10)
     assert cfg.max_iters == 5 * math.ceil(42061 / cfg.batch_size)
+
+
+# -- GPT-2 everywhere a checkpoint is accepted ----------------------------------------------------
+
+@pytest.mark.slow
+def test_the_scripts_take_a_gpt2_folder_as_their_base(tmp_path):
+    """finetune_prefix.py --base, evaluate.py --ckpt and sample.py --ckpt accept a Hugging Face GPT-2
+    folder: the GPT-2 tokenizer, a fingerprinted base, and the prefix refused on another base."""
+    from conftest import one_line_error as one_line_run, run
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
+    folder = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    rows = [{"prompt": f"name[{n}] ||", "completion": f" {n} is a pub."} for n in ("Zizzi", "Aromi", "Bibimbap")]
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run("finetune_prefix.py", f"--base={folder}", f"--train_file={task}", f"--val_file={task}",
+              f"--out_dir={tmp_path}/p", "--n_prefix=3", "--batch_size=3", "--max_iters=4", "--eval_interval=2",
+              "--device=cpu")
+    assert "bit-identical" in res.stdout
+    prefix = f"--prefix={tmp_path}/p/prefix.pt"
+    res = run("evaluate.py", "--mode=generate", f"--ckpt={folder}", prefix, "--with_base", f"--data={task}",
+              "--max_new_tokens=4")
+    assert "prefix.pt  BLEU-4" in res.stdout and "no prefix  BLEU-4" in res.stdout
+    res = run("sample.py", f"--ckpt={folder}", prefix, "--prompt=name[Zizzi] ||", "--max_new_tokens=4")
+    assert "--- [prefix.pt] ---" in res.stdout
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    transformers.GPT2LMHeadModel(config).save_pretrained(other)
+    one_line_run(run("sample.py", f"--ckpt={other}", prefix, check=False), "trained on another base model")
