@@ -13,7 +13,6 @@ Every step is one of the project's own commands, printed before it runs, so each
 The demo's folders (data/e2e, data/demo, out/demo by default) are its own and are rebuilt each time.
 """
 import json
-import os
 import re
 import shlex
 import subprocess

@@ -28,6 +28,7 @@ import urllib.request
 import torch
 
 from checkpoint import safe_torch_load
+from data.files import atomic_write, read_json
 from model import GPT, GPTConfig
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -133,18 +134,13 @@ def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dic
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)   # pad with spaces so the tensor data starts 8-byte aligned
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(head)))
-            f.write(head)
-            for data in blobs:
-                f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def fill(f):
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for data in blobs:
+            f.write(data)
+    atomic_write(path, fill)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,12 +184,12 @@ def hf_download(name: str, cache_dir: str | None = None, timeout: float = 60.0) 
 
 
 def _fetch(url: str, path: str, label: str, timeout: float):
-    """Stream url into path via path.tmp, showing a one-line percentage on stderr."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    """Stream url into path through the project's atomic write, showing a one-line percentage on stderr."""
     shown = None
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+
+    def fill(f):
+        nonlocal shown
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             total = int(r.headers.get("Content-Length") or 0)
             done = 0
             while chunk := r.read(1 << 20):
@@ -205,12 +201,11 @@ def _fetch(url: str, path: str, label: str, timeout: float):
                     print(f"\rdownloading {label}: {now}", end="", file=sys.stderr, flush=True)
         if total and done != total:
             raise OSError(f"the connection closed after {done} of {total} bytes")
-        os.replace(tmp, path)
+    try:
+        atomic_write(path, fill)
     finally:
         if shown is not None:
             print(file=sys.stderr)   # end the progress line, so whatever follows starts on its own
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,11 +225,7 @@ def gpt2_config(folder: str) -> GPTConfig:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            hf = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    hf = read_json(path)
     archs = hf.get("architectures") or []
     if hf.get("model_type") != "gpt2" and "GPT2LMHeadModel" not in archs:
         raise ValueError(f"{path} describes a {hf.get('model_type')!r} model ({', '.join(archs) or 'no architectures'}), "

@@ -20,12 +20,12 @@ once, and only the resulting prefix kept.
 
 It knows nothing about training or tokenizers, and needs neither peft nor safetensors at run time.
 """
-import json
 import os
 
 import torch
 
 from checkpoint import safe_torch_load
+from data.files import read_json, write_json
 from gpt2 import read_safetensors, write_safetensors
 from model import GPT
 from prefix import PrefixTuning, PromptTuning
@@ -69,11 +69,7 @@ def save_peft(prefix: PrefixTuning | PromptTuning, directory: str, base_model_na
     write_safetensors(os.path.join(directory, ADAPTER_WEIGHTS), {"prompt_embeddings": embeddings},
                       metadata={"format": "pt"})
     # the config last: a folder with a config is a complete adapter
-    path = os.path.join(directory, ADAPTER_CONFIG)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(directory, ADAPTER_CONFIG), config)
 
 
 def load_peft(directory: str, model: GPT) -> PrefixTuning | PromptTuning:
@@ -82,11 +78,7 @@ def load_peft(directory: str, model: GPT) -> PrefixTuning | PromptTuning:
     config_path = os.path.join(directory, ADAPTER_CONFIG)
     if not os.path.isfile(config_path):
         raise ValueError(f"{directory} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            conf = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    conf = read_json(config_path)
     peft_type = conf.get("peft_type")
     if peft_type not in ("PREFIX_TUNING", "PROMPT_TUNING"):
         raise ValueError(f"{config_path}: peft_type {peft_type!r} is not one this project holds "

@@ -165,8 +165,12 @@ def agree_to_stop(stop: StopOnSignal, ddp: bool, device) -> bool:
         return stop.signal is not None
     flag = torch.tensor([float(stop.signal or 0)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    stop.signal = stop.signal or (int(flag.item()) or None)
-    return stop.signal is not None
+    # decide from the reduced flag alone: a signal landing after the all-reduce must not make this
+    # rank leave while the others go on (it is sent at the next log step)
+    agreed = int(flag.item())
+    if agreed and stop.signal is None:
+        stop.signal = agreed
+    return agreed > 0
 
 
 def main(argv):

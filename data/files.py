@@ -13,10 +13,14 @@ download_once: fetch a URL into a file unless the file is already there, so a se
 
 It knows nothing about models or tokens: callers hand it bytes, text, or a function that writes.
 """
+import errno
 import json
 import os
 import sys
 import urllib.request
+
+# errors of the disk itself: reported as "could not write <path>"; any other error passes through as it is
+WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def atomic_write(path: str, fill) -> None:
@@ -40,7 +44,7 @@ def atomic_write(path: str, fill) -> None:
             os.remove(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        if isinstance(e, OSError) and e.errno in WRITE_ERRORS:
             raise OSError(f"could not write {path} ({e.strerror or e}); "
                           "anything already there is left as it was") from None
         raise
@@ -54,6 +58,15 @@ def write_atomic(path: str, data: str | bytes) -> None:
 
 def write_json(path: str, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str):
+    """A JSON file's content; ValueError naming the file when it is not UTF-8 JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def download_once(url: str, path: str, timeout: float = 30.0) -> None:

@@ -1,10 +1,7 @@
 """finetune_prefix.py, data/tasks.py, evaluate.py: the base stays frozen, only completions count,
 decoding and scoring work end to end, and bad task input is a clear error."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ from data.shakespeare.prepare import prepare
 from data.tokenizer import ByteTokenizer
 from evaluate import EvalConfig
 from finetune_prefix import FinetuneConfig
-from model import GPT, GPTConfig, sample_next
+from model import GPTConfig, sample_next
 from prefix import PrefixTuning
 from runtime import StopOnSignal, pick_device, resolve_dtype
 from sample import SampleConfig
