@@ -5,6 +5,7 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -265,8 +266,9 @@ def test_shakespeare_falls_back_in_one_line_when_the_download_fails(server, tmp_
 # ---------------------------------------------------------------- the main job, online
 
 @pytest.mark.slow
-def test_the_demo_downloads_its_data_through_the_url_variables(server, tmp_path):
-    """demo.py passes no --url: the environment alone must carry the mirror to both prepare scripts."""
+def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path):
+    """`make demo` in its --quick form, on small hand-made data served from 127.0.0.1. demo.py passes no
+    --url: the environment alone must carry the mirror to both prepare scripts."""
     server.files["/e2e.zip"] = e2e_release()
     server.files["/input.txt"] = CORPUS.encode("utf-8")
     env = {**os.environ, "PREFIXGPT_E2E_URL": server.url + "/e2e.zip",
@@ -278,3 +280,13 @@ def test_the_demo_downloads_its_data_through_the_url_variables(server, tmp_path)
     assert sorted(server.hits) == ["/e2e.zip", "/input.txt"]
     assert json.loads((tmp_path / "data" / "demo" / "meta.json").read_text())["source"] == server.url + "/input.txt"
     assert "demo finished" in res.stdout
+    out = res.stdout
+    assert out.count("bit-identical") == 2                                  # both tunings left the base alone
+    for label in ("[no prefix]", "[e2e_prefix/prefix.pt]", "[e2e_prompt/prefix.pt]"):
+        assert out.count(label) == 2                                        # in evaluate's and in sample's output
+    number = r"\s+\d+\.\d+"
+    assert re.search(r"base, no prefix\s+0" + number * 2, out)
+    assert re.search(r"prefix tuning\s+[\d,]+ \([\d.]+%\)" + number * 2, out)
+    assert re.search(r"prompt tuning\s+[\d,]+ \([\d.]+%\)" + number * 2, out)
+    rows = [json.loads(line) for line in open(tmp_path / "out" / "completions.jsonl", encoding="utf-8")]
+    assert [r["prefix"] for r in rows] == ["no prefix"] * 4 + ["e2e_prefix/prefix.pt"] * 4 + ["e2e_prompt/prefix.pt"] * 4
