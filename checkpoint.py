@@ -22,10 +22,12 @@ import torch
 
 from data.files import atomic_write
 from model import GPT, GPTConfig
+from methods import attach, delta_state
 from prefix import PREFIX_METHODS, build_prefix, method_of
 
 CHECKPOINT_FORMAT = "prefixgpt-checkpoint/1"
 PREFIX_FORMAT = "prefixgpt-prefix/1"
+DELTA_FORMAT = "prefixgpt-delta/1"      # LoRA, adapter or BitFit: only the tensors that trained
 CHECKPOINT_KEYS = ("model", "model_config", "tokenizer")              # what any reader needs
 RESUME_KEYS = ("optimizer", "train_config", "iter_num", "best_val_loss", "rng")   # what --resume needs
 PREFIX_KEYS = ("method", "n_prefix", "model", "tokenizer", "state")
@@ -216,6 +218,51 @@ def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_finger
     return prefix, {k: v for k, v in blob.items() if k != "state"}
 
 
+# ----------------------------------------------------------------------------------------------
+# Delta files (LoRA, adapters, BitFit): the tensors that trained, and how to attach them to a base.
+
+def save_delta(path: str, model: GPT, method: str, settings: dict, tokenizer: str,
+               base_fingerprint: str | None = None, metrics: dict | None = None):
+    """Only what trained (methods.delta_state), with the method's settings and the base's fingerprint."""
+    state = delta_state(model)
+    if non_finite(state):
+        raise NonFiniteWeights(f"not saving {path}: the trained tensors hold NaN or inf; the best so far is kept")
+    c = model.config
+    save_torch({"format": DELTA_FORMAT, "method": method, "settings": settings, "tokenizer": tokenizer,
+                "model": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "vocab_size": c.vocab_size},
+                "base_fingerprint": base_fingerprint, "metrics": metrics or {}, "state": state}, path)
+
+
+def load_delta(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
+    """Attach a delta file's method to `model` (in place) and load its tensors; the same checks as a prefix
+    file: dimensions, tokenizer, base fingerprint, every tensor present. Returns (model, metadata)."""
+    blob = safe_torch_load(path, "delta file")
+    if not isinstance(blob, dict) or blob.get("format") != DELTA_FORMAT:
+        raise ValueError(f"{path} is not a prefixgpt delta file (format {DELTA_FORMAT})")
+    _need(blob, ("method", "settings", "model", "tokenizer", "state"), path, "delta file")
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        if blob["model"].get(key) != getattr(model.config, key):
+            raise ValueError(f"delta {path} was made for a model with {key}={blob['model'].get(key)}, but this "
+                             f"model has {key}={getattr(model.config, key)}: load it with its own base")
+    if tokenizer is not None and blob["tokenizer"] != tokenizer:
+        raise ValueError(f"delta {path} was trained with the {blob['tokenizer']!r} tokenizer, the model uses {tokenizer!r}")
+    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
+        raise ValueError(f"delta {path} was trained on another base model (weights {blob['base_fingerprint']}, "
+                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+    attach(blob["method"], model, **blob["settings"])
+    expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    state = blob["state"]
+    if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
+        missing = sorted(set(expected) - set(state)) or sorted(set(state) - set(expected)) or ["(shapes differ)"]
+        raise ValueError(f"delta {path} does not fit its {blob['method']} settings: {missing[0]} …")
+    if non_finite(state):
+        raise NonFiniteWeights(f"delta {path} holds NaN or inf values: it cannot be used")
+    with torch.no_grad():
+        for name, p in expected.items():
+            p.copy_(state[name])
+    return model.eval(), {k: v for k, v in blob.items() if k != "state"}
+
+
 def load_prefixes(paths: list[str], model: GPT, tokenizer: str, with_base: bool = False):
     """Several prefix files for one base model, each checked against it by load_prefix, and labels
     that tell them apart. Returns (prefixes, labels); None stands for the base without a prefix,
@@ -249,4 +296,4 @@ def is_saved_model_file(path: str) -> bool:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return True   # a torch file we cannot read: still not ours to overwrite
-    return isinstance(blob, dict) and blob.get("format") in (CHECKPOINT_FORMAT, PREFIX_FORMAT)
+    return isinstance(blob, dict) and blob.get("format") in (CHECKPOINT_FORMAT, PREFIX_FORMAT, DELTA_FORMAT)

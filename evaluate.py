@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from checkpoint import is_saved_model_file, load_model, load_prefixes
+from checkpoint import is_saved_model_file, load_delta, load_model, load_prefixes, weights_fingerprint
 from cli import main_guard, parse, setting
 from data.tasks import load_task
 from data.tokenizer import get_tokenizer
@@ -39,6 +39,7 @@ class EvalConfig:
     ckpt: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
     prefix: list[str] = setting([])  # prefix files, comma-separated; none = the base alone
     with_base: bool = False       # also score the base without a prefix, beside the prefixes
+    delta: str = ""               # a LoRA / adapter / BitFit file (delta.pt) applied to the base first
     data: str = "data/e2e/test.jsonl"
     out: str = ""                 # generate: where to write the completions JSONL
     overwrite: bool = False       # let --out replace an existing file (never a checkpoint or prefix file)
@@ -73,6 +74,9 @@ def main(argv):
     model, ckpt = load_model(cfg.ckpt, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     prefixes, names = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
+    if cfg.delta:   # after the prefixes, which were checked against the base's own weights
+        _, meta = load_delta(cfg.delta, model, tokenizer.name, weights_fingerprint(model))
+        names = [f"{meta['method']} {n}" if n != "no prefix" else f"{meta['method']} ({cfg.delta})" for n in names]
     width = max(len(n) for n in names)
     if cfg.mode == "loss":
         print(f"{cfg.ckpt} on {cfg.data}: loss per completion token")

@@ -194,12 +194,13 @@ def batch_prefixes(prefix_kvs: list, rows: list[int] | None = None):
 
 # ----------------------------------------------------------------------------------------------
 
-def count_parameters(model: nn.Module, prefix: nn.Module) -> dict:
-    """Trainable vs frozen parameter counts; the percentage is trainable / base model size."""
-    trainable = sum(p.numel() for p in prefix.parameters() if p.requires_grad)
+def count_parameters(model: nn.Module, prefix: nn.Module | None, n_base: int | None = None) -> dict:
+    """Trainable vs frozen parameter counts; the percentage is trainable / base model size. n_base: the
+    base's size before a method added parameters to the model (LoRA, adapters); default all of them."""
+    trainable = 0 if prefix is None else sum(p.numel() for p in prefix.parameters() if p.requires_grad)
     trainable += sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    base = sum(p.numel() for p in model.parameters())
+    base = n_base or sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "frozen": frozen, "percent": 100.0 * trainable / max(base, 1)}
 
 

@@ -6,7 +6,7 @@ runlog.py — a run's folder and what a run writes there besides weights.
     log = MetricsLog(out_dir, append=False)                 # metrics.jsonl, and loss.png on request
     write_json(path, summary)                               # summary.json (never NaN: JSON has none)
 
-Two kinds of run share this layout: "pretrain" (train.py) and "prefix" (finetune_prefix.py). A folder
+Two kinds of run share this layout: "pretrain" (train.py) and "tune" (finetune_prefix.py, any method). A folder
 holding one kind is never written into by the other, and a folder holding a run of the same kind only
 with --overwrite (or, for pretraining, --resume). This module knows nothing about models or tensors.
 """
@@ -16,14 +16,14 @@ import os
 
 from data.files import atomic_write, write_json
 
-KINDS = {"pretrain": "a pretraining run", "prefix": "a prefix-tuning run"}
-SCRIPTS = {"pretrain": "train.py", "prefix": "finetune_prefix.py"}
+KINDS = {"pretrain": "a pretraining run", "tune": "a tuning run (a prefix or another method)"}
+SCRIPTS = {"pretrain": "train.py", "tune": "finetune_prefix.py"}
 # files that show what a folder holds when an older config.json does not say
-SIGNS = {"pretrain": ("last.pt", "best.pt"), "prefix": ("prefix.pt",)}
+SIGNS = {"pretrain": ("last.pt", "best.pt"), "tune": ("prefix.pt", "delta.pt", "model.pt")}
 
 
 def run_kind(out_dir: str) -> str | None:
-    """The kind of run out_dir holds: "pretrain", "prefix", "unknown" (a run's files, kind unclear) or None."""
+    """The kind of run out_dir holds: "pretrain", "tune", "unknown" (a run's files, kind unclear) or None."""
     config = os.path.join(out_dir, "config.json")
     if os.path.isfile(config):
         try:

@@ -259,10 +259,10 @@ def test_a_script_never_writes_into_another_kind_of_run(runs):
     one_line_error(res, "holds a pretraining run; finetune_prefix.py will not write into it")
     res = run("train.py", f"--data_dir={runs['corpus']}", f"--out_dir={runs['prefix']}", "--overwrite", *TINY,
               check=False)
-    one_line_error(res, "holds a prefix-tuning run; train.py will not write into it")
+    one_line_error(res, "holds a tuning run (a prefix or another method); train.py will not write into it")
     res = run("finetune_prefix.py", f"--base={runs['base']}/best.pt", f"--train_file={runs['task']}",
               f"--val_file={runs['task']}", f"--out_dir={runs['prefix']}", check=False)
-    one_line_error(res, "already holds a prefix-tuning run", "--overwrite")
+    one_line_error(res, "already holds a tuning run", "--overwrite")
     assert (snapshot(runs["base"]), snapshot(runs["prefix"])) == before
 
 

@@ -1,0 +1,137 @@
+"""
+tuning.py — one tuning loop for every method of the family: prefix and prompt tuning, LoRA, adapters,
+BitFit, FT-top2 and full fine-tuning. The method decides what trains (methods.attach, prefix.build_prefix);
+everything else is shared here:
+
+    train, val = load_examples(cfg, tokenizer, block_size)
+    best = tune(cfg, rt, model, prefix, train, val, base_loss, save_best)   # AdamW on what requires grad
+    check_frozen_unchanged(originals, base_path)                          # every frozen tensor, bit for bit
+
+`cfg` is finetune_prefix.FinetuneConfig or anything with the same fields (compare.py builds its own).
+The loop: cosine schedule, gradient clipping, an evaluation every eval_interval steps, the best state
+saved by the caller's save_best, early stopping, NaN checked at log steps, Ctrl-C stops after a step.
+It knows nothing about file formats (save_best writes) or command lines.
+"""
+import math
+import time
+
+import torch
+
+from checkpoint import load_model
+from data.tasks import batches, collate, load_task
+from model import room_after
+from optim import cosine_lr, make_adamw, set_lr
+from prefix import PromptTuning, build_prefix, init_text_tokens
+from runlog import MetricsLog, fmt_time
+from runtime import StopOnSignal
+from scoring import task_loss
+
+
+def load_examples(cfg, tokenizer, block_size: int, n_prefix: int = 0):
+    """Train and val examples, each cut to the room a prefix of n_prefix slots leaves in block_size."""
+    max_len = room_after(n_prefix, block_size)
+    if max_len < 2:
+        raise ValueError(f"n_prefix={n_prefix} leaves no room in block_size {block_size}")
+    train, cut_train = load_task(cfg.train_file, tokenizer, max_len, cfg.max_train_examples)
+    val, cut_val = load_task(cfg.val_file, tokenizer, max_len)
+    if cfg.eval_examples:
+        val = val[:cfg.eval_examples]
+    for name, cut, n in (("train", cut_train, len(train)), ("val", cut_val, len(val))):
+        if cut:
+            print(f"note: {cut} of {n} {name} examples were cut to {max_len} tokens (block_size - n_prefix)")
+    return train, val
+
+
+def make_prefix(cfg, model, tokenizer, device):
+    """P: the only trainable parameters, random or initialised from the words of init_text."""
+    prefix = build_prefix(cfg.method, model.config, cfg.n_prefix, cfg.reparam_hidden).to(device)
+    if cfg.init == "text":
+        ids = init_text_tokens(tokenizer, cfg.init_text, cfg.n_prefix)
+        if isinstance(prefix, PromptTuning):
+            prefix.init_from_tokens(model, ids)
+        else:
+            prefix.init_from_kv(model.key_values(torch.tensor([ids], device=device)))
+    return prefix
+
+
+def check_frozen_unchanged(originals: dict, path: str) -> int:
+    """Every base tensor that did not train must be exactly what the file on disk holds. originals maps the
+    base's names to its Parameters, taken before a method wrapped or unfroze anything. Returns the count."""
+    disk = load_model(path, "cpu")[0].state_dict()
+    frozen = {name: p for name, p in originals.items() if not p.requires_grad}
+    changed = [name for name, p in frozen.items() if not torch.equal(p.detach().cpu(), disk[name])]
+    if changed:
+        raise RuntimeError(f"frozen base weights changed during tuning: {changed[:3]}")
+    return len(frozen)
+
+
+def tune(cfg, rt, model, prefix, train, val, base_loss: float, save_best, log_dir: str | None = None) -> dict:
+    """AdamW on what requires grad (the prefix module, or the model's unfrozen tensors), an evaluation every
+    eval_interval steps, save_best(best) at each better val loss, early stopping. Returns the summary."""
+    log = MetricsLog(log_dir, append=False) if log_dir else None
+    trainable = prefix if prefix is not None else model
+    optimizer = make_adamw(trainable, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    stream = batches(train, min(cfg.batch_size, len(train)), seed=cfg.seed)
+
+    def evaluate(it):
+        loss = task_loss(model, prefix, val, ctx=rt.autocast)
+        print(f"eval @ {it}: val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})")
+        if log:
+            log.write(iter=it, val_loss=loss)
+        return loss
+
+    best = {"val_loss": evaluate(0), "iter": 0}
+    save_best(best)
+    bad_evals, it, t0 = 0, 0, time.time()
+    t_last, bad_loss = t0, torch.zeros((), dtype=torch.bool, device=rt.device)
+    model.train()  # dropout of the base (if any) as in its pretraining; frozen weights stay frozen
+    with StopOnSignal() as stop:
+        while it < cfg.max_iters and stop.signal is None:
+            set_lr(optimizer, lr := cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters))
+            x, y = collate(next(stream), rt.device)
+            with rt.autocast:
+                _, loss = model(x, y, prefix_kv=None if prefix is None else prefix(model))
+            bad_loss |= ~torch.isfinite(loss.detach())   # checked at log steps: no GPU sync every step
+            optimizer.zero_grad(set_to_none=True)
+            rt.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                rt.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            rt.scaler.step(optimizer)
+            rt.scaler.update()
+            it += 1
+            if it % cfg.log_interval == 0 or it == cfg.max_iters:
+                if bool(bad_loss):
+                    raise ValueError(f"the loss became NaN or inf by iteration {it}: lower --learning_rate; "
+                                     f"the best state so far (val loss {best['val_loss']:.4f}) is kept")
+                ms = (time.time() - t_last) * 1000 / (cfg.log_interval if it % cfg.log_interval == 0
+                                                       else it % cfg.log_interval)
+                t_last = time.time()
+                print(f"iter {it}/{cfg.max_iters} | loss {loss.item():.4f} | lr {lr:.2e} | {ms:.0f} ms/iter | "
+                      f"ETA {fmt_time((cfg.max_iters - it) * ms / 1000)}")
+                if log:
+                    log.write(iter=it, loss=loss.item(), lr=lr, ms_per_iter=ms)
+            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                val_loss = evaluate(it)
+                model.train()
+                if val_loss < best["val_loss"]:
+                    best, bad_evals = {"val_loss": val_loss, "iter": it}, 0
+                    save_best(best)
+                else:
+                    bad_evals += 1
+                    if bad_evals >= cfg.patience:
+                        print(f"early stop: no better val loss in {cfg.patience} evaluations")
+                        break
+                if log:
+                    log.plot(f"{cfg.method}: val loss per evaluation (base alone: {base_loss:.3f})")
+                t_last = time.time()
+    model.eval()
+    if stop.signal is not None:
+        print(f"stopped by signal {stop.signal} at iteration {it}; the best state (val loss "
+              f"{best['val_loss']:.4f}, iteration {best['iter']}) is kept")
+    summary = {"val_loss_base": base_loss, "best_val_loss": best["val_loss"], "best_iter": best["iter"],
+               "iters": it, "seconds": time.time() - t0, "stopped_by": stop.signal}
+    if log:
+        log.write(summary=summary)
+    return summary
