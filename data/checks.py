@@ -7,7 +7,12 @@ fraction, seed, positive, url: argparse types that refuse a wrong value where it
 decode_utf8  : a file's bytes as text; bytes that are not UTF-8 text raise ValueError naming the line
 """
 import argparse
+import http.client
 import urllib.parse
+import zipfile
+import zlib
+
+from data.files import download_once
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,3 +61,22 @@ def decode_utf8(data: bytes, name: str) -> str:
         raise ValueError(f"{name}:{line}: not UTF-8 text (byte {bad} is 0x{data[bad]:02x}): "
                          "save it as UTF-8, or pass the right file")
     return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_release(url: str, zip_path: str, names, what: str, how: str, timeout: float = 30.0) -> dict:
+    """Download a release zip once (kept at zip_path, so a second run needs no network) and return
+    {member name: (bytes, "zip:member")} for each wanted member, found by file name whatever folder it
+    sits in. Every problem is a one-line SystemExit that ends by saying how to use a local copy."""
+    try:
+        download_once(url, zip_path, timeout)
+    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, HTTP error, cut short
+        raise SystemExit(f"could not download {what} from {url} ({e}); {how}") from None
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            by_name = {n.split("/")[-1]: n for n in z.namelist()}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise SystemExit(f"{zip_path} has no {', '.join(missing)}; delete it to download again, or {how}")
+            return {n: (z.read(by_name[n]), f"{zip_path}:{by_name[n]}") for n in names}
+    except (zipfile.BadZipFile, zlib.error, OSError) as e:  # e.g. a proxy's HTML page saved as the zip
+        raise SystemExit(f"{zip_path} is not a readable zip ({e}); delete it to download again, or {how}") from None

@@ -15,21 +15,18 @@ Every MR has several human references. They all get the same prompt, which is ho
 evaluation (metrics.group_references) finds the reference set of each MR.
 """
 import csv
-import http.client
 import io
 import json
 import os
 import random
 import sys
-import zipfile
-import zlib
 
 # run as a script, Python puts this folder on sys.path, not the repo root that holds data/
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.checks import Parser, decode_utf8, fraction, seed, url  # noqa: E402
-from data.files import download_once, write_atomic, write_json  # noqa: E402
+from data.checks import Parser, decode_utf8, fraction, read_release, seed, url  # noqa: E402
+from data.files import write_atomic, write_json  # noqa: E402
 
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
 OFFICIAL = {"train": "trainset.csv", "val": "devset.csv", "test": "testset_w_refs.csv"}
@@ -118,22 +115,9 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
 
 def download_official(out_dir: str, url: str = URL, timeout: float = 30.0) -> dict[str, list]:
     """The official splits from the release zip (kept in out_dir, so a second run needs no network)."""
-    zip_path = os.path.join(out_dir, "e2e-dataset.zip")
-    try:
-        download_once(url, zip_path, timeout)
-    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, HTTP error, cut short
-        raise SystemExit(f"could not download the E2E data from {url} ({e}); {HOW}") from None
-    splits = {}
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            by_name = {os.path.basename(n): n for n in z.namelist()}  # members sit in a subfolder
-            for split, name in OFFICIAL.items():
-                if name not in by_name:
-                    raise SystemExit(f"{zip_path} has no {name}; delete it to download again, or {HOW}")
-                splits[split] = read_rows(z.read(by_name[name]), f"{zip_path}:{by_name[name]}")
-    except (zipfile.BadZipFile, zlib.error, OSError) as e:  # e.g. a proxy's HTML page saved as the zip
-        raise SystemExit(f"{zip_path} is not a readable zip ({e}); delete it to download again, or {HOW}") from None
-    return splits
+    members = read_release(url, os.path.join(out_dir, "e2e-dataset.zip"), OFFICIAL.values(), "the E2E data",
+                           HOW, timeout)
+    return {split: read_rows(*members[name]) for split, name in OFFICIAL.items()}
 
 
 def main(argv=None) -> dict:

@@ -12,20 +12,17 @@ Splits: train.tsv -> train and a seeded held-out val (--val_size lines); dev.tsv
     train_text.txt                       the train sentences without labels, one per line
     meta.json                            "labels": [" negative", " positive"] (index = label), sizes, seed
 """
-import http.client
 import json
 import os
 import random
 import sys
-import zipfile
-import zlib
 
 # run as a script, Python puts this folder on sys.path, not the repo root that holds data/
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.checks import Parser, decode_utf8, positive, seed, url  # noqa: E402
-from data.files import download_once, write_atomic, write_json  # noqa: E402
+from data.checks import Parser, decode_utf8, positive, read_release, seed, url  # noqa: E402
+from data.files import write_atomic, write_json  # noqa: E402
 
 URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 LABELS = [" negative", " positive"]  # the candidate completions; index = label
@@ -109,22 +106,8 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
 
 def download_glue(out_dir: str, url: str = URL, timeout: float = 30.0) -> tuple[list, list]:
     """(train rows, dev rows) from GLUE's zip (kept in out_dir, so a second run needs no network)."""
-    zip_path = os.path.join(out_dir, "SST-2.zip")
-    try:
-        download_once(url, zip_path, timeout)
-    except (OSError, http.client.HTTPException) as e:  # no network, refused, timed out, HTTP error, cut short
-        raise SystemExit(f"could not download SST-2 from {url} ({e}); {HOW}") from None
-    rows = {}
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            by_name = {n.split("/")[-1]: n for n in z.namelist()}  # members sit in SST-2/
-            if "train.tsv" not in by_name or "dev.tsv" not in by_name:
-                raise SystemExit(f"{zip_path} lacks train.tsv or dev.tsv; delete it to download again, or {HOW}")
-            for name in ("train.tsv", "dev.tsv"):
-                rows[name] = read_rows(z.read(by_name[name]), f"{zip_path}:{by_name[name]}")
-    except (zipfile.BadZipFile, zlib.error, OSError) as e:  # e.g. a proxy's HTML page saved as the zip
-        raise SystemExit(f"{zip_path} is not a readable zip ({e}); delete it to download again, or {HOW}") from None
-    return rows["train.tsv"], rows["dev.tsv"]
+    members = read_release(url, os.path.join(out_dir, "SST-2.zip"), ("train.tsv", "dev.tsv"), "SST-2", HOW, timeout)
+    return read_rows(*members["train.tsv"]), read_rows(*members["dev.tsv"])
 
 
 def main(argv=None) -> dict:
