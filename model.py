@@ -9,7 +9,8 @@ Both are, for every layer, keys and values of positions that come *before* the t
 where P_k, P_v are "past" keys/values (P of them), K, V come from the T current tokens, and the mask M
 lets every current token see all past slots and, causally, the current tokens. A learned prefix is a
 past that was trained; a KV cache is a past that was computed. `GPT.generate` starts its cache *from*
-the prefix and appends to it, so the two share every line of code.
+the prefix and appends to it, so the two share every line of code. (The cache, `KVCache`, holds that
+past in buffers allocated once and written in place, so appending copies nothing.)
 
 Shapes used throughout (B batch, T tokens, P prefix slots, C = n_embd, nh = n_head, hd = head_dim = C/nh):
     prefix_kv   : sequence of n_layer pairs (key, value), each (B or 1, nh, P, hd)
