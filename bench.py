@@ -1,8 +1,14 @@
 """
-bench.py — pretraining speed and loss against nanoGPT, measured in one run on the same machine.
+bench.py — speed, measured in one run on one machine and read as ratios: pretraining against nanoGPT
+(the default suite), and where prefixes matter (--suite=prefix) against full fine-tuning and
+Hugging Face transformers + PEFT.
 
     python bench.py                                   # prefixgpt alone, nanoGPT's CPU "baby" config
     python bench.py --nanogpt_dir=../nanoGPT          # and nanoGPT itself, taking turns with prefixgpt
+    python bench.py --suite=prefix --size=both        # tuning step, decoding, mixed batches, profiles
+    python bench.py --suite=prefix --quick            # the same at tiny settings (seconds; a smoke test)
+
+--suite=prefix is described at prefix_suite below. The rest of this note is about pretraining.
 
 Both train nanoGPT's README "baby" settings (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000
 iterations, lr 1e-3, dropout 0, on CPU) on Tiny Shakespeare. The two runs never share the CPU: they
@@ -26,14 +32,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from checkpoint import load_model, safe_torch_load
-from cli import main_guard, parse
-from model import GPT, GPTConfig
-from scoring import full_split_loss
+from cli import main_guard, parse, setting
+from gpt2 import gpt2_state_dict
+from model import GPT, GPTConfig, KVCache
+from optim import make_adamw
+from prefix import PrefixTuning, freeze
+from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
+from scoring import full_split_loss, greedy_batch
 
 # nanoGPT's README command for a CPU ("baby" model), flag for flag; --max_iters and --lr_decay_iters
 # (2000 there) are added from --max_iters
@@ -44,10 +56,17 @@ NANOGPT_BABY = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
 
 @dataclass
 class BenchConfig:
+    suite: str = setting("pretrain", choices=("pretrain", "prefix"))
     nanogpt_dir: str = ""     # a checkout of github.com/karpathy/nanoGPT; empty = prefixgpt only
     max_iters: int = 2000     # fewer for a quick look (the loss is then not comparable)
     seed: int = 1337
     slice_s: float = 2.0      # with nanoGPT: seconds each run gets before the other one's turn
+    # --suite=prefix only:
+    size: str = setting("toy", choices=("toy", "gpt2", "both"))   # toy: 4x4x128; gpt2: GPT-2 small's shape
+    quick: bool = False       # tiny batches, few tokens, one round: proves it runs, measures nothing
+    rounds: int = setting(5, min=1)   # interleaved rounds per comparison (gpt2 uses half, at least 2)
+    device: str = setting("cpu", pattern=DEVICE_PATTERN)
+    dtype: str = setting("auto", choices=DTYPES)   # auto: bf16 autocast on a CUDA card that has it
 
 
 class Job:
@@ -124,8 +143,11 @@ def prefixgpt_result(job: Job, out_dir: str) -> dict:
     ms = [r["ms_per_iter"] for r in rows if "ms_per_iter" in r]
     evals = [r for r in rows if "val_loss" in r]
     model, ckpt = load_model(os.path.join(out_dir, "best.pt"))
-    data_dir = ckpt["train_config"]["data_dir"]
+    tc = ckpt["train_config"]
+    data_dir = tc["data_dir"]
+    tokens = tc["batch_size"] * model.config.block_size * tc.get("grad_accum", 1)
     return {"active_s": job.active_s, "train_s": training_seconds(ms, job.turns - 1),
+            "flops_per_iter": train_flops_per_token(model.config) * tokens,
             "median_ms": statistics.median(ms), "val_loss": evals[-1]["val_loss"],
             "val_loss_full": whole_split_loss(model, os.path.join(data_dir, "val.bin"), model.config.block_size)}
 
@@ -155,14 +177,53 @@ def nanogpt_result(job: Job, cfg: BenchConfig, out_dir: str) -> dict:
                              ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}, gelu="exact"))
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     val_path = os.path.join(cfg.nanogpt_dir, "data", "shakespeare_char", "val.bin")
+    c = ckpt.get("config", {})
+    tokens = c.get("batch_size", 12) * model.config.block_size * c.get("gradient_accumulation_steps", 1)
     return {"active_s": job.active_s, "train_s": training_seconds(times, job.turns - 1 + len(evals)),
+            "flops_per_iter": train_flops_per_token(model.config) * tokens,
             "median_ms": statistics.median(times), "val_loss": float(evals[-1][2]),
             "val_loss_full": whole_split_loss(model.eval(), val_path, model.config.block_size)}
+
+
+def train_flops_per_token(c: GPTConfig) -> float:
+    """Multiply-adds ×2 of one token's forward pass, ×3 for the backward (which does each matmul twice:
+    for the inputs' gradient and the weights'). Per layer: Q, K, V and the output projection (4·C²),
+    the MLP (8·C²), and attention's two products against up to block_size keys (2·T·C); then the head
+    (C·vocab). Attention is counted over the whole block, not the causal half, as is usual."""
+    C, T = c.n_embd, c.block_size
+    per_layer = 12 * C * C + 2 * T * C
+    return 3 * 2 * (c.n_layer * per_layer + C * c.vocab_size)
+
+
+def matmul_peak(device: str, n: int = 2048, reps: int = 10) -> float:
+    """This machine's fp32 matmul rate, FLOP/s: the best of reps products of two n×n matrices. The
+    yardstick for a training step's own rate, measured in the same run."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):                               # the first one warms up
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def sync(device: str):
+    """Wait for the GPU (a no-op on the CPU): a time taken before it would miss queued work."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def main(argv):
     cfg = BenchConfig()
     parse(argv, cfg, prog="bench.py", description=__doc__.split("\n\n")[0])
+    if cfg.suite == "prefix":
+        return prefix_suite(cfg)
+    return pretrain_suite(cfg)
+
+
+def pretrain_suite(cfg: BenchConfig) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         ours = os.path.join(tmp, "prefixgpt")
@@ -185,6 +246,309 @@ def main(argv):
         a, b = results["prefixgpt"], results["nanoGPT"]
         print(f"\nprefixgpt / nanoGPT: active time x{a['active_s'] / b['active_s']:.3f}, "
               f"training time x{a['train_s'] / b['train_s']:.3f}, ms/iter x{a['median_ms'] / b['median_ms']:.3f}")
+    peak = matmul_peak("cpu")   # measured now, after the runs, on the same (now idle) machine
+    print(f"\nfp32 matmul peak of this machine (2048x2048 by 2048x2048, best of 10): {peak / 1e9:.1f} GFLOP/s")
+    for name, r in results.items():
+        rate = r["flops_per_iter"] / (r["median_ms"] / 1000)
+        r["peak_fraction"] = rate / peak
+        print(f"{name:10} {r['flops_per_iter'] / 1e9:.2f} GFLOP per iteration at the median step: "
+              f"{rate / 1e9:.1f} GFLOP/s, {100 * rate / peak:.1f}% of the matmul peak")
+    return results
+
+
+# ==============================================================================================
+# --suite=prefix: speed where prefixes matter, at two sizes (toy: nanoGPT's baby shape, 4 layers x 4
+# heads x 128; gpt2: GPT-2 small's shape, 124M parameters, random weights). Every comparison is timed
+# in interleaved rounds (a, b, c, a, b, c, ...) in this one process, so all sides go through the same
+# fast and slow spells of the machine, and is read as a ratio of medians:
+#   1. one tuning step: prefix tuning (frozen base) vs full fine-tuning vs transformers + PEFT's prefix
+#      tuning, with the bytes each holds in parameters, gradients, optimiser state, saved activations;
+#   2. greedy decoding at batch 1 after a 10-slot prefix, from an 8-token prompt until the block is
+#      full: with the KV cache, without it, and transformers' generate with the prefix as its cache;
+#   3. 16 different prefixes (4..19 slots) and 16 prompts: one mixed batch vs one row after another,
+#      and transformers one after another (PEFT cannot batch different prefixes: its issue #759);
+#   4. where the time goes: torch.profiler's top operators in one tuning step and one decoding step.
+# transformers and peft are needed for their columns only; without them those are skipped.
+
+# toy keeps nanoGPT's exact GELU (as the README's toy models do), gpt2 GPT-2's tanh form; transformers
+# gets the same one (its "gelu" and "gelu_new")
+SHAPES = {"toy": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=256, gelu="exact"),
+          "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, gelu="tanh")}
+HF_ACTIVATION = {"exact": "gelu", "tanh": "gelu_new"}
+N_PREFIX, PROMPT, N_SERVE = 10, 8, 16
+
+
+@dataclass
+class Workload:
+    tune_batch: int       # sequences per tuning step
+    tune_T: int           # tokens per sequence
+    block: int            # block_size: decoding runs until it is full
+    serve_new: int        # new tokens per row when serving 16 prefixes
+    uncached_points: int  # contexts at which a decoding step without the cache is timed
+
+
+WORKLOADS = {"toy": Workload(12, 64, 256, 32, 8), "gpt2": Workload(4, 64, 1024, 32, 6)}
+QUICK = {"toy": Workload(2, 16, 64, 4, 2), "gpt2": Workload(1, 16, 64, 2, 2)}
+
+
+def race(fns: dict, rounds: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each fn: one warm-up call each, then `rounds` interleaved rounds."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def optional_hf():
+    """(transformers, peft), or (None, None) with a one-line note when they are not installed."""
+    try:
+        import peft
+        import transformers
+        transformers.logging.set_verbosity_error()
+        # their notes about their own deprecated names (PEFT 0.21 passes past_key_values, which
+        # transformers 5.24 renamed) are not this benchmark's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return transformers, peft
+    except ImportError:
+        print("note: transformers/peft not installed (pip install -r requirements-dev.txt): their columns are skipped")
+        return None, None
+
+
+def build_models(size: str, block: int, device: str, transformers):
+    """This project's GPT with random weights and, with transformers installed, the same weights in its
+    GPT2LMHeadModel (so both sides compute the same numbers). Both in eval mode."""
+    config = GPTConfig(block_size=block, bias=True, dropout=0.0, **SHAPES[size])
+    torch.manual_seed(0)
+    if transformers is None:
+        return GPT(config).to(device).eval(), None
+    s = SHAPES[size]
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], vocab_size=s["vocab_size"],
+        n_positions=block, activation_function=HF_ACTIVATION[s["gelu"]], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+        eos_token_id=None)).eval()
+    state = gpt2_state_dict(hf.state_dict(), config, "transformers' GPT2LMHeadModel")
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model = GPT(config)
+    model.load_state_dict(state)
+    return model.to(device).eval(), hf.to(device)
+
+
+def random_prefix_kv(config: GPTConfig, P: int, device: str, seed: int) -> list:
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, config.n_head, P, config.head_dim)
+    return [(torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device))
+            for _ in range(config.n_layer)]
+
+
+def hf_cache(transformers, prefix_kv):
+    """A prefix as transformers' cache; a fresh one per call, since generate appends to it in place."""
+    return transformers.DynamicCache([(k.clone(), v.clone()) for k, v in prefix_kv])
+
+
+def memory_bytes(modules: list, optimizer, loss_fn, device: str) -> dict:
+    """Bytes one tuning step holds: parameters, gradients and optimiser state (exact: read off the tensors
+    after a step) and the activations the forward pass saves for the backward (distinct storages, the
+    parameters excluded, caught by a saved-tensors hook). On a GPU, also the allocator's peak."""
+    params = [p for m in modules for p in m.parameters()]
+    param_storages = {p.untyped_storage().data_ptr() for p in params}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_storages:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    loss.backward()
+    optimizer.step()
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)                   # noqa: E731
+    out = {"params": nbytes(params), "grads": nbytes(p.grad for p in params if p.grad is not None),
+           "optimizer": nbytes(t for st in optimizer.state.values() for t in st.values()
+                               if isinstance(t, torch.Tensor)),
+           "activations": sum(saved.values())}
+    if device.startswith("cuda"):
+        out["cuda_peak"] = torch.cuda.max_memory_allocated()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def tuning_steps(model, hf, peft, w: Workload, rt) -> dict:
+    """name → (one training step, its modules, its optimiser, its loss): prefix tuning, full fine-tuning,
+    and PEFT's prefix tuning when installed, on the same batch of random tokens."""
+    import copy
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, model.config.vocab_size, (w.tune_batch, w.tune_T), generator=g).to(rt.device)
+    y = torch.roll(x, -1, 1)
+    frozen = freeze(copy.deepcopy(model)).train()
+    prefix = PrefixTuning(model.config, N_PREFIX).to(rt.device)
+    full = copy.deepcopy(model).train()
+    sides = {"prefix tuning": ([frozen, prefix], make_adamw(prefix, 1e-3, 0.0, device_type=rt.device_type),
+                               lambda: frozen(x, y, prefix_kv=prefix(frozen))[1]),
+             "full fine-tuning": ([full], make_adamw(full, 1e-3, 0.1, device_type=rt.device_type),
+                                  lambda: full(x, y)[1])}
+    if peft is not None:
+        config = peft.PrefixTuningConfig(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=N_PREFIX)
+        peft_model = peft.get_peft_model(copy.deepcopy(hf), config).train()
+        sides["PEFT prefix tuning"] = ([peft_model], make_adamw(peft_model, 1e-3, 0.0, device_type=rt.device_type),
+                                       lambda: peft_model(input_ids=x, labels=x).loss)
+    out = {}
+    for name, (modules, opt, loss_fn) in sides.items():
+        def step(opt=opt, loss_fn=loss_fn):
+            with rt.autocast:
+                loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out[name] = (step, modules, opt, loss_fn)
+    return out
+
+
+def decoding_fns(model, hf, transformers, w: Workload, device: str) -> tuple[dict, dict]:
+    """Batch 1, a 10-slot prefix, an 8-token prompt, greedy until the block is full. Returns (fns, tokens
+    each fn makes). Without the cache a step costs a forward pass over the whole context, so it is timed
+    as one step at each of uncached_points contexts spread evenly over the run (their mean is the run's
+    mean step: the cost grows about linearly with the context)."""
+    kv = random_prefix_kv(model.config, N_PREFIX, device, seed=2)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT), generator=g).to(device)
+    n_new = w.block - N_PREFIX - PROMPT
+    contexts = [PROMPT + int((j + 0.5) * n_new / w.uncached_points) for j in range(w.uncached_points)]
+    long = torch.randint(0, model.config.vocab_size, (1, w.block), generator=g).to(device)
+    fns = {"with the cache": lambda: model.generate(prompt, n_new, temperature=0, prefix_kv=kv),
+           "without the cache": lambda: [model.generate(long[:, :c], 1, temperature=0, prefix_kv=kv, use_cache=False)
+                                         for c in contexts]}
+    tokens = {"with the cache": n_new, "without the cache": len(contexts)}
+    if hf is not None:
+        mask = torch.ones(1, N_PREFIX + PROMPT, dtype=torch.long, device=device)
+        fns["transformers generate"] = lambda: hf.generate(
+            prompt, cache=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n_new,
+            min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+        tokens["transformers generate"] = n_new
+    return fns, tokens
+
+
+def serving_fns(model, hf, transformers, w: Workload, device: str) -> dict:
+    """16 prefixes of 4..19 slots, each with its own prompt (19..4 tokens): one mixed batch
+    (scoring.greedy_batch), one row after another, and transformers one row after another."""
+    g = torch.Generator().manual_seed(4)
+    rows = [(random_prefix_kv(model.config, 4 + i, device, seed=10 + i),
+             torch.randint(0, model.config.vocab_size, (19 - i,), generator=g).tolist()) for i in range(N_SERVE)]
+    n = w.serve_new
+
+    def hf_one(kv, ids):
+        x = torch.tensor([ids], device=device)
+        mask = torch.ones(1, kv[0][0].size(2) + len(ids), dtype=torch.long, device=device)
+        return hf.generate(x, cache=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False, pad_token_id=0)
+    fns = {"one mixed batch": lambda: greedy_batch(model, rows, n, None),
+           "one after another": lambda: [greedy_batch(model, [row], n, None) for row in rows]}
+    if hf is not None:
+        fns["transformers, one after another"] = lambda: [hf_one(kv, ids) for kv, ids in rows]
+    return fns
+
+
+def top_ops(fn, device: str, n: int = 10) -> str:
+    """torch.profiler's table of the n operators with the most time of their own in one call of fn."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=n)
+
+
+def mib(b: float) -> str:
+    return f"{b / 2 ** 20:9.2f}"
+
+
+def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
+    w = (QUICK if cfg.quick else WORKLOADS)[size]
+    rounds = 1 if cfg.quick else (cfg.rounds if size == "toy" else max(2, cfg.rounds // 2))
+    model, hf = build_models(size, w.block, rt.device, transformers)
+    c = model.config
+    print(f"\n=== {size}: {c.n_layer} layers x {c.n_head} heads x {c.n_embd}, vocab {c.vocab_size}, "
+          f"{model.num_params() / 1e6:.1f}M parameters | {rt.device}, {rt.dtype} | {rounds} round(s) ===")
+    res = {}
+
+    steps = tuning_steps(model, hf, peft, w, rt)
+    t = race({k: v[0] for k, v in steps.items()}, rounds, rt.device)
+    print(f"\n1. one tuning step, batch {w.tune_batch} x {w.tune_T} tokens, P={N_PREFIX} "
+          f"(memory in MiB; activations = tensors saved for the backward)")
+    print(f"{'':20} {'ms':>9} {'params':>9} {'grads':>9} {'optimizer':>9} {'activations':>11}"
+          + (f" {'GPU peak':>9}" if rt.device.startswith("cuda") else ""))
+    for name, (step, modules, opt, loss_fn) in steps.items():
+        with rt.autocast:
+            m = memory_bytes(modules, opt, loss_fn, rt.device)
+        print(f"{name:20} {1000 * t[name]:9.1f} {mib(m['params'])} {mib(m['grads'])} {mib(m['optimizer'])} "
+              f"{mib(m['activations']):>11}" + (f" {mib(m['cuda_peak'])}" if "cuda_peak" in m else ""))
+        res[f"tune/{name}"] = {"s": t[name], **m}
+    print(f"prefix tuning / full fine-tuning: x{t['prefix tuning'] / t['full fine-tuning']:.3f} (goal <= 0.70)")
+    if "PEFT prefix tuning" in t:
+        print(f"prefix tuning / PEFT prefix tuning: x{t['prefix tuning'] / t['PEFT prefix tuning']:.3f} (goal <= 0.75)")
+
+    fns, tokens = decoding_fns(model, hf, transformers, w, rt.device)
+    with rt.autocast:
+        t = race(fns, rounds, rt.device)
+    rate = {k: tokens[k] / t[k] for k in fns}
+    print(f"\n2. greedy decoding, batch 1, P={N_PREFIX}, {PROMPT}-token prompt until block {w.block} is full "
+          f"(without the cache: one step timed at {w.uncached_points} contexts spread over the run)")
+    for k, r in rate.items():
+        print(f"{k:30} {r:10.1f} tokens/s")
+    print(f"with the cache / without it: x{rate['with the cache'] / rate['without the cache']:.2f} (goal >= 10)")
+    if "transformers generate" in rate:
+        print(f"with the cache / transformers generate: x{rate['with the cache'] / rate['transformers generate']:.2f} "
+              "(goal >= 2.5)")
+    res["decode"] = rate
+
+    fns = serving_fns(model, hf, transformers, w, rt.device)
+    with rt.autocast:
+        t = race(fns, rounds, rt.device)
+    rate = {k: N_SERVE * w.serve_new / t[k] for k in fns}
+    print(f"\n3. {N_SERVE} prefixes of 4..19 slots, {N_SERVE} prompts of 19..4 tokens, {w.serve_new} new tokens each "
+          "(PEFT cannot batch different prefixes, its issue #759: transformers is shown one row after another)")
+    for k, r in rate.items():
+        print(f"{k:32} {r:10.1f} tokens/s")
+    print(f"one mixed batch / one after another: x{rate['one mixed batch'] / rate['one after another']:.2f} (goal >= 10)")
+    if "transformers, one after another" in rate:
+        print(f"one mixed batch / transformers one after another: "
+              f"x{rate['one mixed batch'] / rate['transformers, one after another']:.2f}")
+    res["serve"] = rate
+
+    print(f"\n4. where the time goes: one prefix-tuning step")
+    print(top_ops(steps["prefix tuning"][0], rt.device))
+    kv = random_prefix_kv(c, N_PREFIX, rt.device, seed=2)
+    cache = KVCache(c, 1, N_PREFIX + PROMPT + 1, kv)
+    with torch.inference_mode(), rt.autocast:
+        model.step(torch.zeros(1, PROMPT, dtype=torch.long, device=rt.device), cache)
+        print(f"one decoding step, batch 1, with the cache after {N_PREFIX + PROMPT} slots")
+        print(top_ops(lambda: model.step(torch.zeros(1, 1, dtype=torch.long, device=rt.device), cache), rt.device))
+    return res
+
+
+def prefix_suite(cfg: BenchConfig) -> dict:
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    transformers, peft = optional_hf()
+    t0 = time.perf_counter()
+    peak = matmul_peak(rt.device, n=1024 if cfg.quick else 2048)
+    print(f"fp32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads" + (" | --quick: tiny settings, the numbers mean nothing" if cfg.quick else ""))
+    sizes = ["toy", "gpt2"] if cfg.size == "both" else [cfg.size]
+    results = {"matmul_peak": peak}
+    for size in sizes:
+        results[size] = bench_size(size, cfg, rt, transformers, peft)
+    print(f"\n--suite=prefix took {time.perf_counter() - t0:.0f} s")
     return results
 
 

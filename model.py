@@ -9,7 +9,8 @@ Both are, for every layer, keys and values of positions that come *before* the t
 where P_k, P_v are "past" keys/values (P of them), K, V come from the T current tokens, and the mask M
 lets every current token see all past slots and, causally, the current tokens. A learned prefix is a
 past that was trained; a KV cache is a past that was computed. `GPT.generate` starts its cache *from*
-the prefix and appends to it, so the two share every line of code.
+the prefix and appends to it, so the two share every line of code. (The cache, `KVCache`, holds that
+past in buffers allocated once and written in place, so appending copies nothing.)
 
 Shapes used throughout (B batch, T tokens, P prefix slots, C = n_embd, nh = n_head, hd = head_dim = C/nh):
     prefix_kv   : sequence of n_layer pairs (key, value), each (B or 1, nh, P, hd)
@@ -104,7 +105,9 @@ def join_prefix(prefix_x, x):
 def prefix_attention_reference(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout_p=0.0):
     """softmax(Q·[P_k; K]ᵀ/√d + M)·[P_v; V], written out literally (the readable path).
 
-    q, k, v            : (B, nh, T, hd)   from the current tokens
+    q                  : (B, nh, T, hd)   from the current tokens
+    k, v               : (B, nh, T, hd)   from the current tokens, or (B, nh, P+T, hd) when the past
+                         already sits in front of them (a KVCache: then prefix_k, prefix_v are None)
     prefix_k, prefix_v : (B or 1, nh, P, hd) or None   prefix (learned, or a cache) keys and values
     returns            : (B, nh, T, hd)
     """
@@ -129,13 +132,15 @@ def prefix_attention_fast(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout
       - one new token:        no mask at all (the newest token may see everything before it);
       - prefix, one length:   a lower-right causal bias, which flash / memory-efficient kernels support;
       - mixed lengths (prefix_mask): an explicit boolean mask.
+    k, v may already hold the past in front of the current tokens, as prefix_attention_reference says.
     """
     B, nh, T, hd = q.shape
-    if prefix_k is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    k = join_prefix(prefix_k, k)                                                # (B, nh, P+T, hd)
-    v = join_prefix(prefix_v, v)
+    if prefix_k is not None:
+        k = join_prefix(prefix_k, k)                                            # (B, nh, P+T, hd)
+        v = join_prefix(prefix_v, v)
     P = k.size(2) - T
+    if P == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if prefix_mask is not None:
         mask = attention_mask(T, P, prefix_mask, q.device)
     elif T == 1:
@@ -146,6 +151,114 @@ def prefix_attention_fast(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout
         from torch.nn.attention.bias import causal_lower_right
         mask = causal_lower_right(T, P + T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+# ----------------------------------------------------------------------------------------------
+# A KV cache that grows in place: the prefix that keeps growing, in buffers allocated once.
+
+class KVCache:
+    """Every layer's keys and values in buffers of (B, nh, capacity, hd), allocated once, filled in place.
+
+    Slots 0..P-1 hold the prefix (padded slots too; `mask` says which are real), copied in once. Each
+    step writes its T new tokens' keys/values at slots n..n+T-1 and attention reads slots 0..n+T-1 as
+    one view: [past; new] with nothing copied. (Growing a list of tensors with torch.cat, GPT.extend,
+    copies the whole past in every layer at every step; that took 43% of batched decoding.)
+
+    A block sees cache[i] as its prefix_kv, so the cache travels down the same path as a learned prefix.
+    This class knows only buffers and lengths: the model decides what goes in and when it restarts.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, capacity: int, prefix_kv=None, prefix_mask=None,
+                 n_prefix: int | None = None):
+        self.batch, self.capacity, self.n_layer = batch, capacity, config.n_layer
+        self.prefix_kv = prefix_kv          # copied into a layer's buffers at that layer's first write
+        self.n_prefix_slots = 0 if prefix_kv is None else prefix_kv[0][0].size(2)    # P, padded slots included
+        if self.n_prefix_slots > capacity:
+            raise ValueError(f"a cache of {capacity} slots cannot hold a prefix of {self.n_prefix_slots}")
+        # the longest row's real prefix slots; a Python int, so decoding never waits on the GPU for it
+        self.n_prefix = prefix_length(prefix_kv, prefix_mask) if n_prefix is None else n_prefix
+        self.n = self.n_prefix_slots        # slots filled so far
+        self.keys: list = [None] * config.n_layer     # each (B, nh, capacity, hd) once written
+        self.values: list = [None] * config.n_layer
+        self.mask = None                    # (B, capacity) bool: which filled slots are real; None = all
+        if prefix_mask is not None:
+            self.mask = torch.zeros(batch, capacity, dtype=torch.bool, device=prefix_mask.device)
+            self.mask[:, :self.n_prefix_slots] = prefix_mask
+
+    @property
+    def n_cached(self) -> int:
+        """Tokens held after the prefix."""
+        return self.n - self.n_prefix_slots
+
+    @property
+    def n_real(self) -> int:
+        """Positions the longest row has used: its real prefix slots plus the cached tokens."""
+        return self.n_prefix + self.n_cached
+
+    def __len__(self):
+        return self.n_layer
+
+    def __getitem__(self, layer: int) -> "LayerCache":
+        return LayerCache(self, layer)
+
+    def past_mask(self):
+        """(B, n) bool over the filled slots, or None when every slot is real (one prefix length)."""
+        return None if self.mask is None else self.mask[:, :self.n]
+
+    def append(self, layer: int, k, v):
+        """Write k, v (B, nh, T, hd) at slots n..n+T-1 of this layer; return [past; new] as views of the
+        buffers, each (B, nh, n+T, hd). The fill length moves on in advance(), once every layer wrote."""
+        n, T = self.n, k.size(2)
+        if n + T > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} slots; {n} filled + {T} new do not fit")
+        if self.keys[layer] is None:
+            # allocated at the first write, in the keys' own dtype (bf16 under autocast, where the
+            # prefix may be fp32: the copy casts it, as join_prefix does)
+            shape = (self.batch, k.size(1), self.capacity, k.size(3))
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+            if self.prefix_kv is not None:
+                pk, pv = self.prefix_kv[layer]                                  # (B or 1, nh, P, hd)
+                self.keys[layer][:, :, :self.n_prefix_slots] = pk               # broadcast over rows
+                self.values[layer][:, :, :self.n_prefix_slots] = pv
+        K, V = self.keys[layer], self.values[layer]
+        K[:, :, n:n + T] = k
+        V[:, :, n:n + T] = v
+        return K[:, :, :n + T], V[:, :, :n + T]
+
+    def advance(self, T: int):
+        """T new tokens are in every layer: count them as filled (and as real, in every row)."""
+        if self.mask is not None:
+            self.mask[:, self.n:self.n + T] = True
+        self.n += T
+
+    def reset(self):
+        """Back to the prefix alone (its slots were never overwritten): for re-encoding a slid window."""
+        self.n = self.n_prefix_slots
+
+    def reorder(self, rows: torch.Tensor):
+        """Keep batch rows `rows` (B', repeats allowed), in that order: beam search's surviving beams.
+        Only the filled slots are copied."""
+        def take(buf):                                         # (B, nh, capacity, hd) → (B', nh, capacity, hd)
+            out = buf.new_empty((len(rows),) + buf.shape[1:])
+            out[:, :, :self.n] = buf[rows, :, :self.n]
+            return out
+        self.keys = [None if b is None else take(b) for b in self.keys]
+        self.values = [None if b is None else take(b) for b in self.values]
+        if self.mask is not None:
+            mask = self.mask.new_zeros(len(rows), self.capacity)
+            mask[:, :self.n] = self.mask[rows, :self.n]
+            self.mask = mask
+        self.batch = len(rows)
+
+
+class LayerCache:
+    """cache[i]: one layer's handle on a KVCache, what a Block receives as its prefix_kv when decoding."""
+
+    def __init__(self, cache: KVCache, layer: int):
+        self.cache, self.layer = cache, layer
+
+    def append(self, k, v):
+        return self.cache.append(self.layer, k, v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -160,16 +273,23 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, prefix_kv: KV | None, prefix_mask, fast: bool):
         """x: (B, T, C) → (y (B, T, C), (k, v) of these T tokens, each (B, nh, T, hd)).
-        prefix_kv here is this layer's one (key, value) pair."""
+        prefix_kv here is this layer's one (key, value) pair, or its LayerCache when decoding."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)                                # 3 × (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        prefix_k, prefix_v = prefix_kv if prefix_kv is not None else (None, None)
+        present = (k, v)
+        if isinstance(prefix_kv, LayerCache):
+            # a cache: these keys/values go in place after the past, and attention gets [past; new]
+            # as k, v (B, nh, n+T, hd) with no prefix left to join (prefix_mask covers the past's n slots)
+            k, v = prefix_kv.append(k, v)
+            prefix_k = prefix_v = None
+        else:
+            prefix_k, prefix_v = prefix_kv if prefix_kv is not None else (None, None)
         attend = prefix_attention_fast if fast else prefix_attention_reference
         dropout_p = self.attn_dropout if self.training else 0.0
         y = attend(q, k, v, prefix_k, prefix_v, prefix_mask, dropout_p)         # (B, nh, T, hd)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                        # heads side by side
+        return self.resid_dropout(self.c_proj(y)), present
 
 
 class MLP(nn.Module):
@@ -261,11 +381,16 @@ class GPT(nn.Module):
         """Run the blocks on input embeddings that follow an optional prefix (learned, or a cache).
 
         tok_emb: (B, T, C) → (h (B, T, C) after ln_f, present: n_layer pairs (k, v) each (B, nh, T, hd)).
+        prefix_kv may be a KVCache: the tokens' keys/values are then written into it (it grows in place).
         n_prefix: prefix_length(prefix_kv, prefix_mask) when the caller already knows it (decoding
         does, and so saves a GPU sync per token); worked out here otherwise.
         """
         B, T, _ = tok_emb.shape
-        if prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
+        cache = prefix_kv if isinstance(prefix_kv, KVCache) else None
+        if cache is not None:
+            # the cache knows its filled slots' mask and the longest row's length without a GPU read
+            prefix_mask, n_prefix = cache.past_mask(), cache.n_real
+        elif prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
             prefix_kv, prefix_mask = None, None  # P = 0 is exactly the plain model
         if n_prefix is None:
             n_prefix = prefix_length(prefix_kv, prefix_mask)
@@ -282,6 +407,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x, kv = block(x, None if prefix_kv is None else prefix_kv[i], prefix_mask, self.fast_attention)
             present.append(kv)
+        if cache is not None:
+            cache.advance(T)
         return self.transformer.ln_f(x), present
 
     # -- public API --------------------------------------------------------------------------------
@@ -312,16 +439,22 @@ class GPT(nn.Module):
         return [(join_prefix(pk.expand(batch, -1, -1, -1), k), join_prefix(pv.expand(batch, -1, -1, -1), v))
                 for (pk, pv), (k, v) in zip(prefix_kv, present)]
 
-    def step(self, idx, prefix_kv, prefix_mask, n_prefix: int | None = None):
+    def step(self, idx, prefix_kv, prefix_mask=None, n_prefix: int | None = None):
         """Encode tokens idx (B, T) after prefix_kv; return (last-position logits (B, vocab), the grown
-        prefix_kv, the grown prefix_mask). A cache is simply a prefix that keeps growing."""
+        prefix_kv, the grown prefix_mask). A cache is simply a prefix that keeps growing:
+          - a KVCache grows in place (its mask inside it) and comes back as it is, with mask None;
+          - a list of (key, value) pairs grows by GPT.extend, a copy of the whole past: the plain way,
+            which the tests keep as the reference the KVCache must match token for token."""
         h, present = self.trunk(self.transformer.wte(idx), prefix_kv, prefix_mask, n_prefix)
+        logits = self.lm_head(h[:, -1, :])                                               # (B, vocab)
+        if isinstance(prefix_kv, KVCache):
+            return logits, prefix_kv, None
         B, T = idx.shape
         grown = self.extend(prefix_kv, present, B)
         if prefix_mask is not None:
             prefix_mask = torch.cat([prefix_mask.expand(B, -1),
                                      torch.ones(B, T, dtype=torch.bool, device=idx.device)], dim=1)
-        return self.lm_head(h[:, -1, :]), grown, prefix_mask
+        return logits, grown, prefix_mask
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, prefix_kv=None,
@@ -329,9 +462,10 @@ class GPT(nn.Module):
         """Append max_new_tokens to idx (B, T). temperature=0 is greedy (argmax).
 
         With the cache, the prompt is encoded once on top of the prefix and each new token costs one
-        position. Past block_size the context slides: only the last (block_size - P) tokens stay
-        visible (the prefix always does). Sliding shifts every token's position, so cached keys go
-        stale; from then on each step re-encodes the window (as slow as no cache, but never wrong).
+        position. The cache is a KVCache that starts as a copy of the prefix, sized once for the whole
+        call. Past block_size the context slides: only the last (block_size - P) tokens stay visible
+        (the prefix always does). Sliding shifts every token's position, so cached keys go stale;
+        from then on each step re-encodes the window (as slow as no cache, but never wrong).
         stop_token: stop once every row has produced it (rows keep decoding until then).
         """
         if prefix_kv is not None and self.check_prefix(prefix_kv, prefix_mask) == 0:
@@ -340,26 +474,48 @@ class GPT(nn.Module):
         window = room_after(n_prefix, self.config.block_size)
         if window < 1:
             raise ValueError(f"prefix length {n_prefix} leaves no room in block_size {self.config.block_size}")
-        B = idx.size(0)
+        with torch.inference_mode():
+            # inference mode, not just no_grad: tensors skip autograd's bookkeeping (version counters),
+            # ~10% of a small model's decoding step. What it makes are "inference tensors", which may
+            # not be changed in place later, so the caller gets a normal copy of the tokens.
+            out = self._decode(idx, max_new_tokens, temperature, top_k, prefix_kv, prefix_mask, use_cache,
+                               stop_token, n_prefix, window)
+        return out.clone()
+
+    def _decode(self, idx, max_new_tokens, temperature, top_k, prefix_kv, prefix_mask, use_cache, stop_token,
+                n_prefix, window):
+        """generate's loop, in its arguments' terms; returns idx with the new tokens, (B, T + new)."""
+        B, t = idx.shape
+        out = idx.new_empty(B, t + max_new_tokens)               # the tokens, also filled in place
+        out[:, :t] = idx
+        cache = None
+        if use_cache:
+            slots = 0 if prefix_kv is None else prefix_kv[0][0].size(2)
+            cache = KVCache(self.config, B, slots + min(window, t + max_new_tokens), prefix_kv, prefix_mask,
+                            n_prefix)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        kv, kv_mask, todo, n_cached = prefix_kv, prefix_mask, idx, 0
+        todo = idx
         for _ in range(max_new_tokens):
-            if not use_cache or n_cached + todo.size(1) > window:
-                # (re-)encode the visible window on top of the prefix alone
-                kv, kv_mask, todo, n_cached = prefix_kv, prefix_mask, idx[:, -window:], 0
-            logits, grown, grown_mask = self.step(todo, kv, kv_mask, n_prefix + n_cached)
-            if use_cache:
-                kv, kv_mask, n_cached = grown, grown_mask, n_cached + todo.size(1)
+            if cache is None:   # no cache: every step encodes the visible window on top of the prefix
+                h, _ = self.trunk(self.transformer.wte(out[:, max(0, t - window):t]), prefix_kv, prefix_mask,
+                                  n_prefix)
+                logits = self.lm_head(h[:, -1, :])
+            else:
+                if cache.n_cached + todo.size(1) > window:
+                    cache.reset()                                 # (re-)encode the window on the prefix alone
+                    todo = out[:, t - window:t]
+                logits, _, _ = self.step(todo, cache)
             next_id = sample_next(logits, temperature, top_k)                           # (B, 1)
-            idx = torch.cat([idx, next_id], dim=1)
+            out[:, t:t + 1] = next_id
+            t += 1
             todo = next_id
             if stop_token is not None:
                 done |= next_id.squeeze(1) == stop_token
                 if bool(done.all()):
                     break
-        return idx
+        return out[:, :t]
 
-    @torch.no_grad()
+    @torch.inference_mode()   # as generate (it returns Python lists, so no inference tensor escapes)
     def beam_search(self, idx, max_new_tokens, beam_width=5, prefix_kv=None, stop_token=None,
                     length_penalty=1.0):
         """Beam search for one prompt idx (1, T); returns the new tokens (list, stop token included).
@@ -379,9 +535,10 @@ class GPT(nn.Module):
         alive = idx.new_empty(1, 0)                                    # (beams, generated so far)
         scores = torch.zeros(1, device=idx.device)                     # (beams,) sum of log-probs
         finished = []                                                  # (tokens, score)
-        kv, todo = (prefix_kv if P else None), idx
+        cache = KVCache(self.config, 1, P + idx.size(1) + max_new_tokens, prefix_kv if P else None)
+        todo = idx
         for _ in range(max_new_tokens):
-            logits, kv, _ = self.step(todo, kv, None)                  # (beams, vocab)
+            logits, _, _ = self.step(todo, cache)                      # (beams, vocab)
             candidates = scores[:, None] + torch.log_softmax(logits.float(), dim=-1)
             V = candidates.size(1)
             top_scores, top_ids = candidates.view(-1).topk(min(2 * beam_width, candidates.numel()))
@@ -400,7 +557,7 @@ class GPT(nn.Module):
             todo = torch.tensor(keep_tok, device=idx.device)[:, None]          # (beams, 1)
             alive = torch.cat([alive[rows], todo], dim=1)
             scores = torch.tensor(keep_score, device=idx.device)
-            kv = [(k[rows], v[rows]) for k, v in kv]
+            cache.reorder(rows)
         else:
             finished += [(alive[b].tolist(), scores[b].item()) for b in range(alive.size(0))]
         if not finished:  # every surviving beam was cut by the finish rule above; keep them

@@ -1,0 +1,48 @@
+"""bench.py: the prefix suite runs end to end and prints every comparison; its memory accounting is exact.
+No test here reads a time: speed is bench.py's business, measured as ratios in one run."""
+import pytest
+import torch
+
+import bench
+from conftest import run
+from optim import make_adamw
+from prefix import PrefixTuning, freeze
+
+
+def test_memory_accounting_counts_exactly_what_prefix_tuning_holds(tiny_model, tiny_config):
+    """Gradients: the prefix's numbers only; AdamW: two moments per number (plus a step count per tensor);
+    saved activations: something, but no parameter of the frozen base."""
+    model = freeze(tiny_model).train()
+    prefix = PrefixTuning(tiny_config, 4)
+    opt = make_adamw(prefix, 1e-3, 0.0)
+    x = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    m = bench.memory_bytes([model, prefix], opt, lambda: model(x, x, prefix_kv=prefix(model))[1], "cpu")
+    n = prefix.prefix.numel()
+    assert m["params"] == 4 * (n + sum(p.numel() for p in model.parameters()))
+    assert m["grads"] == 4 * n
+    assert m["optimizer"] == 2 * 4 * n + opt.state[prefix.prefix]["step"].element_size()
+    assert 0 < m["activations"] < m["params"]
+
+
+def test_training_flops_follow_the_formula_in_its_docstring():
+    c = bench.GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=16, vocab_size=10)
+    assert bench.train_flops_per_token(c) == 6 * (2 * (12 * 64 + 2 * 16 * 8) + 8 * 10)
+
+
+@pytest.mark.slow
+def test_prefix_suite_runs_end_to_end_in_quick_mode():
+    out = run("bench.py", "--suite=prefix", "--quick", timeout=600).stdout
+    for line in ("fp32 matmul peak of this machine",
+                 "=== toy: 4 layers x 4 heads x 128",
+                 "prefix tuning / full fine-tuning: x",
+                 "prefix tuning / PEFT prefix tuning: x",
+                 "with the cache / without it: x",
+                 "with the cache / transformers generate: x",
+                 "one mixed batch / one after another: x",
+                 "one mixed batch / transformers one after another: x",
+                 "4. where the time goes: one prefix-tuning step",
+                 "one decoding step, batch 1, with the cache",
+                 "Self CPU"):
+        assert line in out, line
+    for name in ("prefix tuning", "full fine-tuning", "PEFT prefix tuning"):   # a row of the memory table each
+        assert any(row.startswith(name + " ") for row in out.splitlines()), name
