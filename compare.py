@@ -150,7 +150,7 @@ def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
     return corpus_bleu(hyps, [refs[p] for p in prompts])
 
 
-def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix, score_test=True) -> dict:
+def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -> dict:
     """Tune one method once; return its scores (the best val state is restored before scoring)."""
     torch.manual_seed(seed)
     t0 = time.time()
@@ -158,8 +158,8 @@ def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix, s
     if method == "fewshot":
         val, ks = fewshot_examples(data["val"], data["train"][:8], tokenizer, model.config.block_size)
         return {"val_loss": task_loss(model, None, val), "trainable": 0, "percent": 0.0, "shots": max(ks),
-                "bleu": bleu_of(model, tokenizer, None, data["test"], cfg.test_prompts if score_test else 0,
-                                DESCRIPTION), "forgetting": data["corpus_base"], "seconds": time.time() - t0}
+                "bleu": bleu_of(model, tokenizer, None, data["test"], cfg.test_prompts, DESCRIPTION),
+                "forgetting": data["corpus_base"], "seconds": time.time() - t0}
     attach(method, model)
     settings = Tuning(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
                       eval_interval=max(cfg.steps // 3, 1))
@@ -179,19 +179,30 @@ def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix, s
     forgetting = data["corpus_base"] if prefix is not None else full_split_loss(
         model, data["corpus"], model.config.block_size, 16, rt.device, max_tokens=cfg.corpus_tokens)
     return {"val_loss": summary["best_val_loss"], "trainable": counts["trainable"], "percent": counts["percent"],
-            "bleu": bleu_of(model, tokenizer, prefix, data["test"], cfg.test_prompts if score_test else 0),
+            "bleu": bleu_of(model, tokenizer, prefix, data["test"], cfg.test_prompts),
             "forgetting": forgetting, "seconds": time.time() - t0}
 
 
-def pick_lr(cfg, rt, base, tokenizer, data, results, method) -> float:
+def cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0) -> dict:
+    """One grid cell: its row from results.jsonl, or run now and appended there."""
+    key = f"run|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
+    if key not in results.rows:
+        row = run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, p)
+        results.add({"cell": key, "kind": "run", "method": method, "lr": lr, "seed": seed, "size": size,
+                     "n_prefix": p, **row})
+        r = results.rows[key]
+        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "
+              f"{r['val_loss']:.4f} | BLEU {r['bleu'] if r['bleu'] is None else round(r['bleu'], 2)} | "
+              f"{r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
+    return results.rows[key]
+
+
+def pick_lr(cfg, rt, base, tokenizer, data, results, method, t0) -> float:
+    """The grid's learning rate with the lowest val loss for seed 0 on all the data. Those runs are the
+    grid's own seed-0 cells, so picking costs only the rates that lose."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    losses = {}
-    for lr in grid:
-        cell = f"lr|{method}|{lr}"
-        if cell not in results.rows:
-            row = run_cell(cfg, rt, base, tokenizer, data, method, 0, 0, lr, cfg.n_prefix, score_test=False)
-            results.add({"cell": cell, "kind": "lr", "method": method, "lr": lr, **row})
-        losses[lr] = results.rows[cell]["val_loss"]
+    losses = {lr: cell(cfg, rt, base, tokenizer, data, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
+              for lr in grid}
     return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
 
 
@@ -272,23 +283,14 @@ def main(argv):
     print(f"base alone: val loss {data['val_base']:.4f} | corpus val loss {data['corpus_base']:.4f} | "
           f"{len(data['train'])} train, {len(data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
     for method in cfg.methods:
-        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, base, tokenizer, data, results, method)
+        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, base, tokenizer, data, results, method, t0)
         runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in cfg.sizes]
         if method == "prefix":
             runs += [(seed, 0, p) for seed in cfg.seeds for p in cfg.p_sweep if p != cfg.n_prefix]
         if method == "fewshot":
             runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
         for seed, size, p in runs:
-            cell = f"run|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
-            if cell not in results.rows:
-                row = run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, p)
-                results.add({"cell": cell, "kind": "run", "method": method, "lr": lr, "seed": seed, "size": size,
-                             "n_prefix": p, **row})
-                r = results.rows[cell]
-                print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "
-                      f"{r['val_loss']:.4f} | BLEU {r['bleu'] if r['bleu'] is None else round(r['bleu'], 2)} | "
-                      f"{r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
-            r = results.rows[cell]
+            r = cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0)
             if method == "prefix" and size == 0:
                 sweep.append(r)                       # the prefix-length curve
             if not (method == "prefix" and p != cfg.n_prefix):
