@@ -58,9 +58,9 @@ NANOGPT_BABY = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
 class BenchConfig:
     suite: str = setting("pretrain", choices=("pretrain", "prefix"))
     nanogpt_dir: str = ""     # a checkout of github.com/karpathy/nanoGPT; empty = prefixgpt only
-    max_iters: int = 2000     # fewer for a quick look (the loss is then not comparable)
+    max_iters: int = setting(2000, min=1)   # fewer for a quick look (the loss is then not comparable)
     seed: int = 1337
-    slice_s: float = 2.0      # with nanoGPT: seconds each run gets before the other one's turn
+    slice_s: float = setting(2.0, gt=0.0)   # with nanoGPT: seconds each run gets before the other one's turn
     # --suite=prefix only:
     size: str = setting("toy", choices=("toy", "gpt2", "both"))   # toy: 4x4x128; gpt2: GPT-2 small's shape
     quick: bool = False       # tiny batches, few tokens, one round: proves it runs, measures nothing

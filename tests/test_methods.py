@@ -104,29 +104,37 @@ def test_bitfit_on_a_model_without_biases_is_a_clear_error(tiny_config):
         attach("bitfit", GPT(tiny_config))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "ft-top2"])
-def test_the_family_trains_through_finetune_prefix_and_evaluate_scores_it(method, tmp_path):
-    """One loop for every method: lower val loss, frozen tensors bit-identical, and evaluate.py scores
-    the saved delta (LoRA) or checkpoint (FT-top2)."""
+@pytest.fixture(scope="module")
+def base_and_task(tmp_path_factory):
+    """A tiny pretrained base and a task file, shared by the end-to-end tests below."""
     import json
     from data.shakespeare.prepare import prepare
     from data.tokenizer import ByteTokenizer
-    prepare("the king said yes.\nthe fool said no.\n" * 80, ByteTokenizer(), str(tmp_path / "c"))
-    run("train.py", f"--data_dir={tmp_path}/c", f"--out_dir={tmp_path}/base", "--n_layer=2", "--n_head=2",
+    d = tmp_path_factory.mktemp("family")
+    prepare("the king said yes.\nthe fool said no.\n" * 80, ByteTokenizer(), str(d / "c"))
+    run("train.py", f"--data_dir={d}/c", f"--out_dir={d}/base", "--n_layer=2", "--n_head=2",
         "--n_embd=32", "--block_size=48", "--batch_size=4", "--max_iters=20", "--eval_interval=20",
         "--eval_iters=2", "--learning_rate=3e-3", "--plot=false", "--device=cpu")
     rows = [{"prompt": f"the {a} said", "completion": f" {b}."} for a in ("king", "fool", "queen") for b in ("yes", "no")]
-    task = tmp_path / "task.jsonl"
-    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run("finetune_prefix.py", f"--base={tmp_path}/base/best.pt", f"--train_file={task}", f"--val_file={task}",
+    (d / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d, d / "task.jsonl"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ft-top2"])
+def test_the_family_trains_through_finetune_prefix_and_evaluate_scores_it(method, base_and_task, tmp_path):
+    """One loop for every method: lower val loss, frozen tensors bit-identical, and evaluate.py scores
+    the saved delta (LoRA) or checkpoint (FT-top2)."""
+    import json
+    d, task = base_and_task
+    res = run("finetune_prefix.py", f"--base={d}/base/best.pt", f"--train_file={task}", f"--val_file={task}",
               f"--out_dir={tmp_path}/t", f"--method={method}", "--batch_size=6", "--max_iters=30",
               "--eval_interval=10", "--learning_rate=1e-2", "--device=cpu")
     assert "bit-identical" in res.stdout
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert summary["best_val_loss"] < summary["val_loss_base"]
     score = (["--ckpt=" + str(tmp_path / "t" / "model.pt")] if method == "ft-top2" else
-             [f"--ckpt={tmp_path}/base/best.pt", f"--delta={tmp_path}/t/delta.pt"])
+             [f"--ckpt={d}/base/best.pt", f"--delta={tmp_path}/t/delta.pt"])
     res = run("evaluate.py", "--mode=loss", *score, f"--data={task}", "--device=cpu")
     assert f"loss {summary['best_val_loss']:.4f}" in res.stdout
     if method == "lora":   # a delta file is not a model: it needs its base
