@@ -89,6 +89,22 @@ def non_finite(state: dict) -> list[str]:
             if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def _check_fits(blob: dict, path: str, what: str, model: GPT, tokenizer: str | None, base_fingerprint: str | None):
+    """A prefix or delta file must fit `model`: its dimensions, its tokenizer (when given), and the
+    fingerprint of the base weights it was trained on (when both are known)."""
+    want, have = blob["model"], model.config
+    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+        if want.get(key) != getattr(have, key):
+            raise ValueError(f"{what} {path} was made for a model with {key}={want.get(key)}, but this model has "
+                             f"{key}={getattr(have, key)}: load it with the base model it was trained on")
+    if tokenizer is not None and blob["tokenizer"] != tokenizer:
+        raise ValueError(f"{what} {path} was trained with the {blob['tokenizer']!r} tokenizer, "
+                         f"the model uses {tokenizer!r}")
+    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
+        raise ValueError(f"{what} {path} was trained on another base model (weights {blob['base_fingerprint']}, "
+                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+
+
 def _need(blob: dict, keys, path: str, what: str):
     missing = [k for k in keys if k not in blob]
     if missing:
@@ -192,20 +208,10 @@ def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_finger
             isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT) else ""
         raise ValueError(f"{path} is not a prefixgpt prefix file (format {PREFIX_FORMAT}){hint}")
     _need(blob, PREFIX_KEYS, path, "prefix file")
-    want, have = blob["model"], model.config
-    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
-        if want.get(key) != getattr(have, key):
-            raise ValueError(f"prefix {path} was made for a model with {key}={want.get(key)}, but this model has "
-                             f"{key}={getattr(have, key)}: load it with the base model it was trained on")
-    if tokenizer is not None and blob["tokenizer"] != tokenizer:
-        raise ValueError(f"prefix {path} was trained with the {blob['tokenizer']!r} tokenizer, "
-                         f"the model uses {tokenizer!r}")
-    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
-        raise ValueError(f"prefix {path} was trained on another base model (weights {blob['base_fingerprint']}, "
-                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+    _check_fits(blob, path, "prefix", model, tokenizer, base_fingerprint)
     if blob["method"] not in PREFIX_METHODS:
         raise ValueError(f"prefix {path} has method {blob['method']!r}, not one of {', '.join(PREFIX_METHODS)}")
-    prefix = build_prefix(blob["method"], have, blob["n_prefix"], blob.get("reparam_hidden") or 512)
+    prefix = build_prefix(blob["method"], model.config, blob["n_prefix"], blob.get("reparam_hidden") or 512)
     expected = prefix.state_dict()
     state = blob["state"]
     if set(state) != set(expected) or any(tuple(state[k].shape) != tuple(expected[k].shape) for k in expected):
@@ -240,15 +246,7 @@ def load_delta(path: str, model: GPT, tokenizer: str | None = None, base_fingerp
     if not isinstance(blob, dict) or blob.get("format") != DELTA_FORMAT:
         raise ValueError(f"{path} is not a prefixgpt delta file (format {DELTA_FORMAT})")
     _need(blob, ("method", "settings", "model", "tokenizer", "state"), path, "delta file")
-    for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
-        if blob["model"].get(key) != getattr(model.config, key):
-            raise ValueError(f"delta {path} was made for a model with {key}={blob['model'].get(key)}, but this "
-                             f"model has {key}={getattr(model.config, key)}: load it with its own base")
-    if tokenizer is not None and blob["tokenizer"] != tokenizer:
-        raise ValueError(f"delta {path} was trained with the {blob['tokenizer']!r} tokenizer, the model uses {tokenizer!r}")
-    if base_fingerprint and blob.get("base_fingerprint") and blob["base_fingerprint"] != base_fingerprint:
-        raise ValueError(f"delta {path} was trained on another base model (weights {blob['base_fingerprint']}, "
-                         f"this one {base_fingerprint}): load the checkpoint it was trained with")
+    _check_fits(blob, path, "delta", model, tokenizer, base_fingerprint)
     attach(blob["method"], model, **blob["settings"])
     expected = {name: p for name, p in model.named_parameters() if p.requires_grad}
     state = blob["state"]
