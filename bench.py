@@ -45,7 +45,7 @@ from model import GPT, GPTConfig, KVCache
 from optim import make_adamw
 from prefix import PrefixTuning, freeze
 from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import full_split_loss, greedy_batch
+from scoring import full_split_loss, decode_rows
 
 # nanoGPT's README command for a CPU ("baby" model), flag for flag; --max_iters and --lr_decay_iters
 # (2000 there) are added from --max_iters
@@ -440,7 +440,7 @@ def decoding_fns(model, hf, transformers, w: Workload, device: str) -> tuple[dic
 
 def serving_fns(model, hf, transformers, w: Workload, device: str) -> dict:
     """16 prefixes of 4..19 slots, each with its own prompt (19..4 tokens): one mixed batch
-    (scoring.greedy_batch), one row after another, and transformers one row after another."""
+    (scoring.decode_rows), one row after another, and transformers one row after another."""
     g = torch.Generator().manual_seed(4)
     rows = [(random_prefix_kv(model.config, 4 + i, device, seed=10 + i),
              torch.randint(0, model.config.vocab_size, (19 - i,), generator=g).tolist()) for i in range(N_SERVE)]
@@ -451,8 +451,8 @@ def serving_fns(model, hf, transformers, w: Workload, device: str) -> dict:
         mask = torch.ones(1, kv[0][0].size(2) + len(ids), dtype=torch.long, device=device)
         return hf.generate(x, cache=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n,
                            min_new_tokens=n, do_sample=False, pad_token_id=0)
-    fns = {"one mixed batch": lambda: greedy_batch(model, rows, n, None),
-           "one after another": lambda: [greedy_batch(model, [row], n, None) for row in rows]}
+    fns = {"one mixed batch": lambda: decode_rows(model, rows, n, None),
+           "one after another": lambda: [decode_rows(model, [row], n, None) for row in rows]}
     if hf is not None:
         fns["transformers, one after another"] = lambda: [hf_one(kv, ids) for kv, ids in rows]
     return fns

@@ -3,10 +3,14 @@ sample.py — generate text from a checkpoint, optionally steered by one or more
 
     python sample.py --ckpt=out/shakespeare_baby/best.pt --prompt="ROMEO:" --num_samples=2
     python sample.py --ckpt=out/main/base.pt --prefix=out/main/e2e_prefix.pt,other.pt --with_base
+    python sample.py --ckpt=out/demo/base/best.pt --requests=out/demo/requests.jsonl --temperature=0
     python sample.py --help
 
 Decoding uses the KV cache, which starts from the prefix (a prefix *is* a learned KV cache). With
 several prefixes every (prefix, sample) pair is a row of one mixed batch; each sample is labelled.
+--requests serves many tasks at once, as one frozen model would: a JSONL file whose every line is
+{"prefix": "path/to/prefix.pt" or "" for the base alone, "prompt": "..."}; all the lines are decoded
+together in one mixed batch, each row with its own prefix and its own prompt.
 """
 import os
 from dataclasses import dataclass
@@ -15,9 +19,12 @@ import torch
 
 from checkpoint import load_model, load_prefixes
 from cli import main_guard, parse, setting
+from data.tasks import read_jsonl
 from data.tokenizer import get_tokenizer
+from model import prefix_length, room_after
 from prefix import batch_prefixes
 from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
+from scoring import decode_rows
 
 
 @dataclass
@@ -26,6 +33,7 @@ class SampleConfig:
     prefix: list[str] = setting([])   # prefix files, comma-separated
     with_base: bool = False        # also sample the frozen base without any prefix, in the same batch
     prompt: str = "\n"             # text, or FILE:path to read it from a file
+    requests: str = ""             # a JSONL of {"prefix", "prompt"} rows: each its own task, one batch
     num_samples: int = setting(2, min=1)
     max_new_tokens: int = setting(200, min=1)
     temperature: float = setting(0.8, min=0.0)   # 0 = greedy; higher = more random
@@ -76,12 +84,52 @@ def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list
     return results
 
 
+def serve_requests(model, tokenizer, path: str, max_new_tokens: int, temperature: float, top_k,
+                   stop_at_eot=False):
+    """Every line of a requests JSONL ({"prefix": file or "", "prompt": text}) as one row of one mixed
+    batch: each row its own prefix (loaded once per file, checked against the base) and its own prompt.
+    Returns [(label, prompt, text)] in the file's order."""
+    rows = read_jsonl(path, need=("prefix", "prompt"))
+    paths = list(dict.fromkeys(r["prefix"] for r in rows if r["prefix"]))
+    prefixes, labels = load_prefixes(paths, model, tokenizer.name, with_base=True)
+    index = {p: i + 1 for i, p in enumerate(paths)}     # 0: the base alone
+    with torch.no_grad():
+        kvs = [None if p is None else p(model) for p in prefixes]
+    batch = []
+    for r in rows:
+        i, ids = index.get(r["prefix"], 0), tokenizer.encode(r["prompt"])
+        P = prefix_length(kvs[i])
+        if not ids or len(ids) >= room_after(P, model.config.block_size):
+            raise ValueError(f"{path}:{r['_line']}: the prompt is {len(ids)} tokens; it needs at least one and "
+                             f"room to answer in block_size {model.config.block_size} after a prefix of {P}")
+        batch.append((kvs[i], ids))
+    stop = tokenizer.eot_token if stop_at_eot else None
+    out = decode_rows(model, batch, max_new_tokens, stop, temperature, top_k)
+    results = []
+    for r, new in zip(rows, out):
+        if stop is not None and stop in new:
+            new = new[:new.index(stop)]
+        results.append((labels[index.get(r["prefix"], 0)], r["prompt"], tokenizer.decode(new)))
+    return results
+
+
 def main(argv):
     cfg = SampleConfig()
-    parse(argv, cfg, prog="sample.py", description=__doc__.split("\n\n")[0])
+    seen = parse(argv, cfg, prog="sample.py", description=__doc__.split("\n\n")[0])
+    if cfg.requests and seen & {"prefix", "prompt", "with_base", "num_samples"}:
+        raise ValueError("--requests names each row's prefix and prompt: drop --prefix, --prompt, --with_base "
+                         "and --num_samples, or drop --requests")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, ckpt = load_model(cfg.ckpt, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
+    if cfg.requests:
+        with rt.autocast:
+            served = serve_requests(model, tokenizer, cfg.requests, cfg.max_new_tokens, cfg.temperature,
+                                    cfg.top_k, cfg.stop_at_eot)
+        for label, prompt, text in served:
+            print(f"--- [{label}] ---")
+            print(prompt + text)
+        return
     prefixes, labels = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
     prompt = read_prompt(cfg.prompt)
     with rt.autocast:

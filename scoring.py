@@ -78,7 +78,7 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
              batch_size=64) -> list[list[str]]:
     """Greedy or beam-search completion of every prompt under every prefix (None = the base alone),
     stopping at the end marker: out[i][j] is prefix i's completion of prompt j. Greedy decoding puts
-    (prefix, prompt) pairs batch_size at a time into mixed batches (greedy_batch); beam search takes
+    (prefix, prompt) pairs batch_size at a time into mixed batches (decode_rows); beam search takes
     one pair at a time."""
     device = next(model.parameters()).device
     with eval_mode(model):
@@ -103,7 +103,7 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
             pairs.sort(key=lambda ij: n_slots[ij[0]] + len(encoded[ij[1]]))   # similar lengths pad least
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start:start + batch_size]
-                rows = greedy_batch(model, [(kvs[i], encoded[j]) for i, j in chunk], max_new_tokens, stop)
+                rows = decode_rows(model, [(kvs[i], encoded[j]) for i, j in chunk], max_new_tokens, stop)
                 new.update(zip(chunk, rows))
     out = [[""] * len(prompts) for _ in kvs]
     for (i, j), tokens in new.items():
@@ -112,11 +112,12 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
 
 
 @torch.no_grad()
-def greedy_batch(model, rows: list[tuple], max_new_tokens: int, stop: int) -> list[list[int]]:
-    """Greedy decoding of rows (prefix_kv or None, prompt token ids) in one batch, with nothing new in
-    the model: a prompt's cache is a prefix like a learned one, so [prefix; prompt] caches of different
-    lengths batch exactly as prefixes of different lengths do. Each row's prompt but its last token
-    is encoded on top of its prefix (key_values, extend), batch_prefixes pads and masks these, and
+def decode_rows(model, rows: list[tuple], max_new_tokens: int, stop: int | None, temperature=0.0,
+                top_k=None) -> list[list[int]]:
+    """Decode rows (prefix_kv or None, prompt token ids) in one batch, greedy by default, with nothing
+    new in the model: a prompt's cache is a prefix like a learned one, so [prefix; prompt] caches of
+    different lengths batch exactly as prefixes of different lengths do. Each row's prompt but its last
+    token is encoded on top of its prefix (key_values, extend), batch_prefixes pads and masks these, and
     generate decodes from the last tokens. Every row gets as many new tokens as the longest one
     leaves room for (at most max_new_tokens). Returns each row's new tokens."""
     device = next(model.parameters()).device
@@ -130,8 +131,8 @@ def greedy_batch(model, rows: list[tuple], max_new_tokens: int, stop: int) -> li
     prefix_kv, prefix_mask = (None, None) if all(p is None for p in joined) else batch_prefixes(joined)
     room = min(max_new_tokens, room_after(prefix_length(prefix_kv, prefix_mask), model.config.block_size) - 1)
     last = torch.tensor([[ids[-1]] for _, ids in rows], device=device)                # (B, 1)
-    out = model.generate(last, room, temperature=0, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                         stop_token=stop)
+    out = model.generate(last, room, temperature=temperature, top_k=top_k, prefix_kv=prefix_kv,
+                         prefix_mask=prefix_mask, stop_token=stop)
     return out[:, 1:].tolist()
 
 

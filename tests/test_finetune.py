@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from checkpoint import load_model, save_prefix, weights_fingerprint
-from conftest import run
+from conftest import one_line_error, run
 from data.shakespeare.prepare import prepare
 from data.tasks import collate, load_task
 from data.tokenizer import ByteTokenizer
@@ -144,7 +144,7 @@ def test_beam_search_of_width_one_is_greedy(setup):
 def test_batched_greedy_equals_one_prompt_at_a_time(setup):
     """(prefix, prompt) rows of different prefixes and prompt lengths decoded in one mixed batch (their
     caches batched like mixed-length prefixes) give exactly what generate gives for each row alone."""
-    from scoring import greedy_batch
+    from scoring import decode_rows
     model, _ = load_model(setup["base"])
     prefixes = []
     for n in (3, 6):
@@ -153,7 +153,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(setup):
         prefixes.append(prefix(model))
     prompts = [TOK.encode(t) for t in ("n", "Zizzi", "name[The Mill] ||", "Loch")]
     rows = [(kv, ids) for kv in [None] + prefixes for ids in prompts]
-    for (prefix_kv, ids), new in zip(rows, greedy_batch(model, rows, 20, stop=-1)):
+    for (prefix_kv, ids), new in zip(rows, decode_rows(model, rows, 20, stop=-1)):
         alone = model.generate(torch.tensor([ids]), 20, temperature=0, prefix_kv=prefix_kv)
         assert new == alone[0, len(ids):].tolist()
 
@@ -268,3 +268,41 @@ def test_sample_with_two_prefixes_in_one_mixed_batch(setup, tmp_path):
               "--prompt=name[", "--num_samples=1", "--max_new_tokens=10", "--temperature=0")
     for label in ("[no prefix]", "[p2.pt]", "[p5.pt]"):
         assert label in res.stdout
+
+
+@pytest.mark.slow
+def test_requests_serve_each_row_with_its_own_prefix_and_prompt(setup, tmp_path):
+    """sample.py --requests: rows of different prefixes (and none) and prompts of different lengths in
+    one mixed batch; each row's greedy output is what that row decoded alone gives."""
+    from sample import serve_requests
+    model, _ = load_model(setup["base"])
+    paths = []
+    for n in (2, 5):
+        torch.manual_seed(n)
+        p = PrefixTuning(model.config, n)
+        torch.nn.init.normal_(p.prefix, std=1.0)
+        paths.append(str(tmp_path / f"p{n}.pt"))
+        save_prefix(paths[-1], p, "byte", weights_fingerprint(model))
+    rows = [{"prefix": paths[0], "prompt": "name[The Eagle] ||"}, {"prefix": "", "prompt": "name["},
+            {"prefix": paths[1], "prompt": "The"}, {"prefix": paths[0], "prompt": "area[city centre], name[X] ||"}]
+    requests = write_jsonl(tmp_path / "requests.jsonl", rows)
+    served = serve_requests(model, TOK, requests, 12, temperature=0.0, top_k=None)
+    assert [label for label, _, _ in served] == ["p2.pt", "no prefix", "p5.pt", "p2.pt"]
+    for r, (_, prompt, text) in zip(rows, served):
+        alone = write_jsonl(tmp_path / "alone.jsonl", [r])
+        assert serve_requests(model, TOK, alone, 12, temperature=0.0, top_k=None)[0][2] == text
+        assert prompt == r["prompt"]
+    # and "alone" is the model's own generate with that row's prefix as its KV cache
+    from checkpoint import load_prefix
+    for r, (_, _, text) in zip(rows, served):
+        prefix_kv = load_prefix(r["prefix"], model)[0](model) if r["prefix"] else None
+        ids = torch.tensor([TOK.encode(r["prompt"])])
+        out = model.generate(ids, 12, temperature=0, prefix_kv=prefix_kv)[0, ids.size(1):].tolist()
+        assert TOK.decode(out) == text
+    res = run("sample.py", f"--ckpt={setup['base']}", f"--requests={requests}", "--temperature=0",
+              "--max_new_tokens=12")
+    assert res.stdout.count("--- [p2.pt] ---") == 2 and "--- [no prefix] ---" in res.stdout
+    res = run("sample.py", f"--ckpt={setup['base']}", f"--requests={requests}", "--prompt=x", check=False)
+    one_line_error(res, "--requests", "--prompt")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prefix": "", "prompt": "x" * 200}])
+    one_line_error(run("sample.py", f"--ckpt={setup['base']}", f"--requests={bad}", check=False), "bad.jsonl:1")
