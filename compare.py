@@ -18,7 +18,6 @@ already there, so an interrupted grid resumes. Writes <out_dir>/results.md and t
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 import random
@@ -39,10 +38,10 @@ from methods import METHODS, attach
 from metrics import corpus_bleu
 from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
-from runlog import fmt_time
+from runlog import CellLog, fmt_time
 from runtime import DEVICE_PATTERN, setup_runtime
 from scoring import complete, full_split_loss, task_loss
-from tuning import make_prefix, tune
+from tuning import TuneSettings, make_prefix, tune
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
            "lora": [1e-3, 3e-3, 1e-2], "adapter": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2],
@@ -69,49 +68,6 @@ class CompareConfig:
     corpus_tokens: int = setting(100_000, min=1000)   # of the corpus's val split, for forgetting
     quick: bool = False             # a small grid to see it work: 2 seeds, sizes 50 and all, 40 steps
     device: str = setting("auto", pattern=DEVICE_PATTERN)
-
-
-@dataclass
-class Tuning:
-    """The settings tuning.tune reads (finetune_prefix.FinetuneConfig has the same names)."""
-    method: str
-    learning_rate: float
-    max_iters: int
-    batch_size: int
-    seed: int
-    n_prefix: int = 10
-    reparam_hidden: int = 512
-    init: str = "random"
-    init_text: str = ""
-    min_lr: float = 0.0
-    warmup_iters: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    patience: int = 1000        # every method gets the same steps; the best val state is kept
-    log_interval: int = 1000
-
-
-class Results:
-    """results.jsonl: one finished cell a line, each appended in one write and flushed to disk."""
-
-    def __init__(self, path: str):
-        self.path, self.rows = path, {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self.rows[row["cell"]] = row
-                    except (ValueError, KeyError):
-                        pass   # a line cut by a crash mid-write: that cell runs again
-
-    def add(self, row: dict):
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows[row["cell"]] = row
 
 
 def subset(examples, size: int, seed: int):
@@ -161,8 +117,8 @@ def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -
                 "bleu": bleu_of(model, tokenizer, None, data["test"], cfg.test_prompts, DESCRIPTION),
                 "forgetting": data["corpus_base"], "seconds": time.time() - t0}
     attach(method, model)
-    settings = Tuning(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
-                      eval_interval=max(cfg.steps // 3, 1))
+    settings = TuneSettings(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
+                            eval_interval=max(cfg.steps // 3, 1))
     prefix = make_prefix(settings, model, tokenizer, rt.device) if method in PREFIX_METHODS else None
     trainable = prefix if prefix is not None else model
     best_state = {}
@@ -278,7 +234,7 @@ def main(argv):
     data["corpus_base"] = full_split_loss(base, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
     base_bleu = bleu_of(base, tokenizer, None, data["test"], cfg.test_prompts)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    results = Results(os.path.join(cfg.out_dir, "results.jsonl"))
+    results = CellLog(os.path.join(cfg.out_dir, "results.jsonl"))
     t0, rows, sweep = time.time(), [], []
     print(f"base alone: val loss {data['val_base']:.4f} | corpus val loss {data['corpus_base']:.4f} | "
           f"{len(data['train'])} train, {len(data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
