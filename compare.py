@@ -4,13 +4,16 @@ compare.py — the PEFT family side by side on one frozen base: methods × seeds
     python compare.py --quick                    # a small grid (minutes), the table and plots
     python compare.py                            # the full grid of the README's results section
     python compare.py --methods=prefix,lora --seeds=0,1,2 --sizes=50,200,0 --steps=150
+    python compare.py --task=sst2 --quick        # SST-2 (python data/sst2/prepare.py makes data/sst2)
 
 Every method trains through the same loop (tuning.tune) for the same steps and batch size; its learning
 rate is picked from a small grid on val (seed 0, all the data), then used for every seed and size.
-Scores: loss on the val completions (nats per token), BLEU-4 on test MRs by greedy decoding (E2E), and
+Scores: loss on the val completions (nats per token); on test, BLEU-4 of greedy decodings of the MRs
+(E2E) or accuracy and macro-F1 of the likelier label (SST-2: the labels of task_dir/meta.json); and
 forgetting: the tuned model's loss on the pretraining corpus's val split beside the base's. A prefix,
 removed, leaves the base exactly as it was, so its forgetting is measured on the base itself.
-"fewshot" trains nothing: a task description and as many demonstrations as fit the context, in the prompt.
+"fewshot" trains nothing: a description of the task and as many demonstrations as fit the context, in
+the prompt; on SST-2 they come in rounds of one per label, so every label is shown as often.
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole; a rerun skips the cells
 already there, so an interrupted grid resumes. Writes <out_dir>/results.md and the plots beside it.
@@ -31,8 +34,8 @@ import torch
 from checkpoint import load_model
 from cli import main_guard, parse, setting
 from data.bins import load_bin
-from data.files import atomic_write, write_atomic
-from data.tasks import TaskExample, load_task, read_jsonl
+from data.files import atomic_write, read_json, write_atomic
+from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, with_heads
 from data.tokenizer import get_tokenizer
 from methods import METHODS, attach
 from metrics import corpus_bleu
@@ -40,20 +43,25 @@ from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
 from runlog import CellLog, fmt_time
 from runtime import DEVICE_PATTERN, setup_runtime
-from scoring import complete, full_split_loss, task_loss
+from scoring import classify, complete, full_split_loss, label_candidates, task_loss
 from tuning import TuneSettings, make_prefix, tune
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
            "lora": [1e-3, 3e-3, 1e-2], "adapter": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2],
            "ft-top2": [3e-4, 1e-3, 3e-3], "ft": [3e-4, 1e-3, 3e-3]}
-DESCRIPTION = "Describe the restaurant in one sentence, using every attribute given.\n"
+DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt starts with for each
+    "e2e": "Describe the restaurant in one sentence, using every attribute given.\n",
+    "sst2": "Say whether each movie review is positive or negative.\n",
+}
+SCORES = {"e2e": {"bleu": "BLEU-4"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
 
 
 @dataclass
 class CompareConfig:
     base: str = "out/demo/base/best.pt"       # the frozen base (make demo pretrains it)
     corpus: str = "data/demo"                 # its pretraining corpus (val.bin): for the forgetting column
-    task_dir: str = "data/e2e"                # train.jsonl, val.jsonl, test.jsonl
+    task: str = setting("e2e", choices=tuple(DESCRIPTIONS))   # sst2: a classification task (meta.json's labels)
+    task_dir: str = ""                        # train/val/test.jsonl (and meta.json); "": data/<task>
     out_dir: str = "out/compare"
     methods: list[str] = setting(list(METHODS) + ["fewshot"], choices=METHODS + ("fewshot",))
     seeds: list[int] = setting([0, 1, 2], min=0)
@@ -64,7 +72,8 @@ class CompareConfig:
     batch_size: int = setting(16, min=1)
     lr_grid: bool = True            # pick each method's learning rate on val; false: the grid's middle value
     val_examples: int = setting(200, min=1)   # val completions scored (the same ones for every cell)
-    test_prompts: int = setting(30, min=0)    # test MRs decoded for BLEU (0: no BLEU)
+    test_prompts: int = setting(30, min=0)    # E2E: test MRs decoded for BLEU (0: no BLEU)
+    test_examples: int = setting(0, min=0)    # SST-2: test examples classified (0: all)
     corpus_tokens: int = setting(100_000, min=1000)   # of the corpus's val split, for forgetting
     quick: bool = False             # a small grid to see it work: 2 seeds, sizes 50 and all, 40 steps
     device: str = setting("auto", pattern=DEVICE_PATTERN)
@@ -74,22 +83,51 @@ def subset(examples, size: int, seed: int):
     return examples if not size or size >= len(examples) else random.Random(seed).sample(examples, size)
 
 
-def fewshot_examples(examples, demos, tokenizer, room: int):
-    """Each example with a task description and as many demonstrations as fit in `room` tokens put in
-    front of its prompt; no loss on them (they are prompt). Returns (examples, demonstrations used)."""
-    out, used = [], []
-    description = tokenizer.encode(DESCRIPTION)
-    for e in examples:
-        head = description if len(description) + len(e.tokens) <= room else []   # a short context: no room
-        k = 0
-        for d in demos:
-            shot = d.tokens + [tokenizer.eot_token]
-            if len(head) + len(shot) + len(e.tokens) > room:
-                break
-            head, k = head + shot, k + 1
-        out.append(TaskExample(head + e.tokens, len(head) + e.n_prompt, e.prompt, e.completion))
-        used.append(k)
-    return out, used
+def task_labels(task: str, task_dir: str) -> list[str]:
+    """A classification task's candidate completions, from the meta.json its prepare script wrote
+    (index = label); [] for a generation task."""
+    path = os.path.join(task_dir, "meta.json")
+    meta = read_json(path) if os.path.isfile(path) else {}
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if task == "e2e":
+        if labels:   # scoring SST-2 by BLEU would run, and mean nothing
+            raise ValueError(f"{task_dir} holds a classification task (meta.json has labels {labels}): "
+                             "pass --task=sst2")
+        return []
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise ValueError(f"--task={task} needs {path} with \"labels\", two or more completions: make it with "
+                         f"python data/{task}/prepare.py --out_dir {task_dir}")
+    return labels
+
+
+@dataclass
+class Base:
+    """A frozen base and what every cell on it shares. data: train and val examples (tokenized for its
+    tokenizer and context), test rows (and for a classification task every test row completed by every
+    label, "candidates", with "y_true"), the corpus's val split, and the base alone's val and corpus loss."""
+    path: str
+    model: torch.nn.Module
+    tokenizer: object
+    data: dict
+
+
+def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
+    model, ckpt = load_model(path, rt.device)
+    tokenizer = get_tokenizer(ckpt["tokenizer"])
+    block = model.config.block_size
+    room = room_after(max(cfg.p_sweep + [cfg.n_prefix]), block)   # what the longest prefix of any cell leaves
+    data = {name: load_task(os.path.join(task_dir, f"{name}.jsonl"), tokenizer, room)[0] for name in ("train", "val")}
+    data["val"] = data["val"][:cfg.val_examples]
+    data["test"] = read_jsonl(os.path.join(task_dir, "test.jsonl"))
+    data["labels"] = labels
+    if labels:
+        data["test"] = data["test"][:cfg.test_examples or None]
+        data["candidates"], data["y_true"] = label_candidates(tokenizer, data["test"], labels,
+                                                              os.path.join(task_dir, "test.jsonl"), room)
+    data["corpus"] = load_bin(cfg.corpus)[1]
+    data["val_base"] = task_loss(model, None, data["val"])
+    data["corpus_base"] = full_split_loss(model, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
+    return Base(path, model, tokenizer, data)
 
 
 def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
@@ -106,20 +144,42 @@ def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
     return corpus_bleu(hyps, [refs[p] for p in prompts])
 
 
-def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -> dict:
+def test_scores(cfg, b: Base, model, prefix, candidates=None) -> dict:
+    """The task's test columns: BLEU-4 of greedy decodings (E2E), or accuracy and macro-F1 of the likelier
+    label (classification; candidates: the test rows' candidates, b's unless given)."""
+    if not b.data["labels"]:
+        return {"bleu": bleu_of(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)}
+    scores = classify(model, prefix, candidates or b.data["candidates"], b.data["y_true"])
+    return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+
+
+def fewshot_cell(cfg, b: Base, t0: float) -> dict:
+    """Nothing trains: the base, with a description of the task and demonstrations in front of each prompt."""
+    rounds = demonstrations(b.data["train"], b.data["labels"])
+    description, eot, room = b.tokenizer.encode(DESCRIPTIONS[cfg.task]), b.tokenizer.eot_token, b.model.config.block_size
+    heads, ks = fewshot_heads([len(e.tokens) for e in b.data["val"]], rounds, description, eot, room)
+    if b.data["labels"]:   # every label's candidate for a test row gets the same head, made for the longest
+        cands = b.data["candidates"]
+        longest = [max(len(c[i].tokens) for c in cands) for i in range(len(b.data["y_true"]))]
+        test_heads = fewshot_heads(longest, rounds, description, eot, room)[0]
+        scores = test_scores(cfg, b, b.model, None, [with_heads(c, test_heads) for c in cands])
+    else:   # a decoding needs room to answer: only the description goes in front of a test MR
+        scores = {"bleu": bleu_of(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts, DESCRIPTIONS[cfg.task])}
+    return {"val_loss": task_loss(b.model, None, with_heads(b.data["val"], heads)), "trainable": 0, "percent": 0.0,
+            "shots": max(ks), **scores, "forgetting": b.data["corpus_base"], "seconds": time.time() - t0}
+
+
+def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
     """Tune one method once; return its scores (the best val state is restored before scoring)."""
     torch.manual_seed(seed)
     t0 = time.time()
-    model, n_base = copy.deepcopy(base), base.num_params(non_embedding=False)
     if method == "fewshot":
-        val, ks = fewshot_examples(data["val"], data["train"][:8], tokenizer, model.config.block_size)
-        return {"val_loss": task_loss(model, None, val), "trainable": 0, "percent": 0.0, "shots": max(ks),
-                "bleu": bleu_of(model, tokenizer, None, data["test"], cfg.test_prompts, DESCRIPTION),
-                "forgetting": data["corpus_base"], "seconds": time.time() - t0}
+        return fewshot_cell(cfg, b, t0)
+    model, n_base, data = copy.deepcopy(b.model), b.model.num_params(non_embedding=False), b.data
     attach(method, model)
     settings = TuneSettings(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
                             eval_interval=max(cfg.steps // 3, 1))
-    prefix = make_prefix(settings, model, tokenizer, rt.device) if method in PREFIX_METHODS else None
+    prefix = make_prefix(settings, model, b.tokenizer, rt.device) if method in PREFIX_METHODS else None
     trainable = prefix if prefix is not None else model
     best_state = {}
 
@@ -135,29 +195,28 @@ def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -
     forgetting = data["corpus_base"] if prefix is not None else full_split_loss(
         model, data["corpus"], model.config.block_size, 16, rt.device, max_tokens=cfg.corpus_tokens)
     return {"val_loss": summary["best_val_loss"], "trainable": counts["trainable"], "percent": counts["percent"],
-            "bleu": bleu_of(model, tokenizer, prefix, data["test"], cfg.test_prompts),
-            "forgetting": forgetting, "seconds": time.time() - t0}
+            **test_scores(cfg, b, model, prefix), "forgetting": forgetting, "seconds": time.time() - t0}
 
 
-def cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0) -> dict:
+def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
     """One grid cell: its row from results.jsonl, or run now and appended there."""
     key = f"run|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
     if key not in results.rows:
-        row = run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, p)
+        row = run_cell(cfg, rt, b, method, seed, size, lr, p)
         results.add({"cell": key, "kind": "run", "method": method, "lr": lr, "seed": seed, "size": size,
                      "n_prefix": p, **row})
         r = results.rows[key]
+        scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}" for k, name in SCORES[cfg.task].items())
         print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "
-              f"{r['val_loss']:.4f} | BLEU {r['bleu'] if r['bleu'] is None else round(r['bleu'], 2)} | "
-              f"{r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
+              f"{r['val_loss']:.4f} | {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
     return results.rows[key]
 
 
-def pick_lr(cfg, rt, base, tokenizer, data, results, method, t0) -> float:
+def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
     """The grid's learning rate with the lowest val loss for seed 0 on all the data. Those runs are the
     grid's own seed-0 cells, so picking costs only the rates that lose."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    losses = {lr: cell(cfg, rt, base, tokenizer, data, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
+    losses = {lr: cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
               for lr in grid}
     return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
 
@@ -169,18 +228,20 @@ def mean_std(values):
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
 
-def table(rows, base_val, base_corpus, base_bleu) -> str:
-    """Markdown: one line a method, on all the training data, mean ± std over seeds."""
-    lines = ["| method | trainable parameters | val loss | BLEU-4 | forgetting: corpus val loss | seconds a run |",
-             "|---|---|---|---|---|---|",
-             f"| base alone | 0 | {base_val:.3f} | {'n/a' if base_bleu is None else f'{base_bleu:.2f}'} | "
-             f"{base_corpus:.3f} | |"]
+def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
+    """Markdown: one line a method, on all the training data, mean ± std over seeds; the test columns
+    are the task's (columns: row key -> heading)."""
+    lines = [f"| method | trainable parameters | val loss | {' | '.join(columns.values())} | "
+             "forgetting: corpus val loss | seconds a run |", "|---|---|---|" + "---|" * len(columns) + "---|---|",
+             f"| base alone | 0 | {base_val:.3f} | "
+             + "".join(f"{'n/a' if base_scores[k] is None else f'{base_scores[k]:.3f}'} | " for k in columns)
+             + f"{base_corpus:.3f} | |"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         params = mine[0]["trainable"]
-        bleu = mean_std([r["bleu"] for r in mine])
+        scores = "".join(f"{mean_std([r[k] for r in mine])} | " for k in columns)
         lines.append(f"| {method}{' (k=%d)' % mine[0]['shots'] if method == 'fewshot' else ''} | {params:,} "
-                     f"({mine[0]['percent']:.2f}%) | {mean_std([r['val_loss'] for r in mine])} | {bleu} | "
+                     f"({mine[0]['percent']:.2f}%) | {mean_std([r['val_loss'] for r in mine])} | {scores}"
                      f"{mean_std([r['forgetting'] for r in mine])} | {statistics.mean(r['seconds'] for r in mine):.1f} |")
     return "\n".join(lines)
 
@@ -199,7 +260,7 @@ def plots(rows, sweep, out_dir, base_val):
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "fewshot"):
         mine = sorted({r["size"] for r in rows if r["method"] == method}, key=lambda s: s or math.inf)
         ys = [np.mean([r["val_loss"] for r in rows if r["method"] == method and r["size"] == s]) for s in mine]
-        axes[1].plot([s or max(x for x in mine if x) * 2 for s in mine], ys, "o-", label=method)
+        axes[1].plot([s or max((x for x in mine if x), default=1) * 2 for s in mine], ys, "o-", label=method)
     axes[1].set(xscale="log", xlabel="training examples (rightmost: all)", ylabel="val loss", title="low data")
     if sweep:
         ps = sorted({r["n_prefix"] for r in sweep})
@@ -219,41 +280,35 @@ def main(argv):
     seen = parse(argv, cfg, prog="compare.py", description=__doc__.split("\n\n")[0])
     if cfg.quick:   # a smaller grid, except where a setting was given explicitly
         small = dict(seeds=cfg.seeds[:2], sizes=[50, 0], p_sweep=[1, 10], steps=40, lr_grid=False,
-                     val_examples=64, test_prompts=5)
+                     val_examples=64, test_prompts=5, test_examples=100)
         cfg = replace(cfg, **{k: v for k, v in small.items() if k not in seen})
+    task_dir = cfg.task_dir or os.path.join("data", cfg.task)
+    labels = task_labels(cfg.task, task_dir)
     rt = setup_runtime(cfg.device, "float32", 0)
-    base, ckpt = load_model(cfg.base, rt.device)
-    tokenizer = get_tokenizer(ckpt["tokenizer"])
-    block = base.config.block_size
-    data = {name: load_task(os.path.join(cfg.task_dir, f"{name}.jsonl"), tokenizer, room_after(max(cfg.p_sweep + [cfg.n_prefix]), block))[0]
-            for name in ("train", "val")}
-    data["val"] = data["val"][:cfg.val_examples]
-    data["test"] = read_jsonl(os.path.join(cfg.task_dir, "test.jsonl"))
-    data["corpus"] = load_bin(cfg.corpus)[1]
-    data["val_base"] = task_loss(base, None, data["val"])
-    data["corpus_base"] = full_split_loss(base, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
-    base_bleu = bleu_of(base, tokenizer, None, data["test"], cfg.test_prompts)
+    b = load_base(cfg, rt, cfg.base, task_dir, labels)
+    base_scores = test_scores(cfg, b, b.model, None)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results = CellLog(os.path.join(cfg.out_dir, "results.jsonl"))
     t0, rows, sweep = time.time(), [], []
-    print(f"base alone: val loss {data['val_base']:.4f} | corpus val loss {data['corpus_base']:.4f} | "
-          f"{len(data['train'])} train, {len(data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
+    print(f"base alone: val loss {b.data['val_base']:.4f} | corpus val loss {b.data['corpus_base']:.4f} | "
+          f"{len(b.data['train'])} train, {len(b.data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
     for method in cfg.methods:
-        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, base, tokenizer, data, results, method, t0)
+        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, b, results, method, t0)
         runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in cfg.sizes]
         if method == "prefix":
             runs += [(seed, 0, p) for seed in cfg.seeds for p in cfg.p_sweep if p != cfg.n_prefix]
         if method == "fewshot":
             runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
         for seed, size, p in runs:
-            r = cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0)
+            r = cell(cfg, rt, b, results, method, lr, seed, size, p, t0)
             if method == "prefix" and size == 0:
                 sweep.append(r)                       # the prefix-length curve
             if not (method == "prefix" and p != cfg.n_prefix):
                 rows.append(r)                        # the table and the low-data curves
-    md = table([r for r in rows if r["size"] == 0], data["val_base"], data["corpus_base"], base_bleu)
+    md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
+               SCORES[cfg.task])
     write_atomic(os.path.join(cfg.out_dir, "results.md"), md + "\n")
-    plots(rows, sweep, cfg.out_dir, data["val_base"])
+    plots(rows, sweep, cfg.out_dir, b.data["val_base"])
     print(f"\n{md}\n\n{len(rows) + len(sweep)} runs; this invocation took {fmt_time(time.time() - t0)}; "
           f"wrote {cfg.out_dir}/results.md, results.png, results.jsonl")
 

@@ -1,11 +1,19 @@
-"""compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing."""
+"""compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing; SST-2's
+scores; cells keyed by base and task; the base-budget axis."""
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
+import compare
+from checkpoint import save_checkpoint
 from conftest import run
 from data.shakespeare.prepare import prepare
+from data.sst2.prepare import write_task
+from data.tasks import TaskExample, demonstrations, fewshot_heads
 from data.tokenizer import ByteTokenizer
+from model import GPT
 
 
 @pytest.mark.slow
@@ -39,3 +47,64 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
     again = run("compare.py", *args, timeout=600)
     assert "so far" in first.stdout and "so far" not in again.stdout          # nothing ran the second time
     assert (tmp_path / "cmp" / "results.md").read_text() == table
+
+
+# -- fast: tiny bases written directly (no pretraining), tiny task files -------------------------------
+
+REVIEWS = [("a fine film", 1), ("dull and long", 0), ("warm and funny", 1), ("a mess", 0), ("I loved it", 1),
+           ("flat acting", 0), ("great fun", 1), ("too slow", 0)]
+
+
+def tiny_base(tmp_path, tiny_config, name, seed=0, iters=0):
+    """A random base saved as train.py would save it; byte tokens and a context of 64, where a review,
+    its label and a 2-slot prefix fit."""
+    torch.manual_seed(seed)
+    model = GPT(replace(tiny_config, vocab_size=256, block_size=64))
+    path = tmp_path / name / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint(str(path), model, "byte", iter_num=iters)
+    return str(path)
+
+
+@pytest.fixture
+def sst2_setup(tmp_path, tiny_config):
+    """A base, a corpus, and an SST-2-shaped task folder (prepare.py's own writer): the --flags for them."""
+    prepare("the film was good and the film was bad.\n" * 80, ByteTokenizer(), str(tmp_path / "corpus"))
+    write_task({"train": REVIEWS * 3, "val": REVIEWS[:6], "test": REVIEWS}, str(tmp_path / "sst2"), {})
+    return [f"--base={tiny_base(tmp_path, tiny_config, 'base')}", f"--corpus={tmp_path}/corpus", "--task=sst2",
+            f"--task_dir={tmp_path}/sst2", "--seeds=0", "--sizes=0", "--n_prefix=2", "--p_sweep=2",
+            "--steps=3", "--batch_size=4", "--lr_grid=false", "--corpus_tokens=1000", "--device=cpu"]
+
+
+def test_sst2_cells_score_accuracy_and_macro_f1_and_the_table_shows_them(sst2_setup, tmp_path):
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,lora,fewshot"])
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    assert {r["method"] for r in rows} == {"prefix", "lora", "fewshot"}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and "bleu" not in r, r
+    header = (tmp_path / "cmp" / "results.md").read_text().splitlines()[0]
+    assert "| accuracy | macro-F1 |" in header and "BLEU" not in header, header
+
+
+def test_fewshot_demonstrations_on_sst2_are_balanced_between_the_labels():
+    tok = ByteTokenizer()
+    labels = [" negative", " positive"]
+    # the train file starts with three positives: taking the first demonstrations would show no negative
+    train = [TaskExample(tok.encode(f"{s} Sentiment:{labels[y]}\n"), len(f"{s} Sentiment:"), f"{s} Sentiment:",
+                         labels[y]) for s, y in [("yes", 1), ("good", 1), ("fine", 1), ("bad", 0), ("no", 0)]]
+    rounds = demonstrations(train, labels)
+    assert all(sorted(d.completion for d in r) == labels for r in rounds) and len(rounds) == 2
+    assert rounds[0][-1].completion != rounds[1][-1].completion    # the order turns: no label is always last
+    for room in range(20, 120):   # whatever the room, whole rounds only: as many of each label
+        heads, used = fewshot_heads([15], rounds, tok.encode("Say.\n"), tok.eot_token, room)
+        text = tok.decode(heads[0])
+        assert text.count(" positive") == text.count(" negative") == used[0] // 2, (room, text)
+
+
+def test_a_classification_task_needs_its_labels_and_a_generation_task_refuses_them(tmp_path):
+    write_task({"train": REVIEWS, "val": REVIEWS, "test": REVIEWS}, str(tmp_path / "sst2"), {})
+    assert compare.task_labels("sst2", str(tmp_path / "sst2")) == [" negative", " positive"]
+    with pytest.raises(ValueError, match="--task=sst2"):
+        compare.task_labels("e2e", str(tmp_path / "sst2"))
+    with pytest.raises(ValueError, match="labels"):
+        compare.task_labels("sst2", str(tmp_path))
