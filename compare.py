@@ -15,8 +15,10 @@ removed, leaves the base exactly as it was, so its forgetting is measured on the
 "fewshot" trains nothing: a description of the task and as many demonstrations as fit the context, in
 the prompt; on SST-2 they come in rounds of one per label, so every label is shown as often.
 
-Each finished cell is one line of <out_dir>/results.jsonl, appended whole; a rerun skips the cells
-already there, so an interrupted grid resumes. Writes <out_dir>/results.md and the plots beside it.
+Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
+base's weights (their fingerprint) and the cell's settings; a rerun skips the cells already there, so
+an interrupted grid resumes, while another base or task in the same out_dir runs cells of its own.
+Writes <out_dir>/results.md and the plots beside it.
 """
 import contextlib
 import copy
@@ -31,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from checkpoint import load_model
+from checkpoint import load_model, weights_fingerprint
 from cli import main_guard, parse, setting
 from data.bins import load_bin
 from data.files import atomic_write, read_json, write_atomic
@@ -109,6 +111,8 @@ class Base:
     model: torch.nn.Module
     tokenizer: object
     data: dict
+    fingerprint: str        # of its weights (checkpoint.weights_fingerprint): what its cells are keyed by
+    iters: int | None       # its pretraining iterations (train.py's checkpoints); None for GPT-2's weights
 
 
 def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
@@ -127,7 +131,7 @@ def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
     data["corpus"] = load_bin(cfg.corpus)[1]
     data["val_base"] = task_loss(model, None, data["val"])
     data["corpus_base"] = full_split_loss(model, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
-    return Base(path, model, tokenizer, data)
+    return Base(path, model, tokenizer, data, weights_fingerprint(model), ckpt.get("iter_num"))
 
 
 def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
@@ -199,12 +203,14 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
 
 
 def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
-    """One grid cell: its row from results.jsonl, or run now and appended there."""
-    key = f"run|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
+    """One grid cell: its row from results.jsonl, or run now and appended there. The key holds all that
+    made the row, the task and the base's weights too: another base or task in the same out_dir runs its
+    own cells instead of reading these."""
+    key = f"run|{cfg.task}|{b.fingerprint}|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
     if key not in results.rows:
         row = run_cell(cfg, rt, b, method, seed, size, lr, p)
-        results.add({"cell": key, "kind": "run", "method": method, "lr": lr, "seed": seed, "size": size,
-                     "n_prefix": p, **row})
+        results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,
+                     "method": method, "lr": lr, "seed": seed, "size": size, "n_prefix": p, **row})
         r = results.rows[key]
         scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}" for k, name in SCORES[cfg.task].items())
         print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "

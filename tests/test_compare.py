@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compare
-from checkpoint import save_checkpoint
+from checkpoint import load_model, save_checkpoint, weights_fingerprint
 from conftest import run
 from data.shakespeare.prepare import prepare
 from data.sst2.prepare import write_task
@@ -108,3 +108,17 @@ def test_a_classification_task_needs_its_labels_and_a_generation_task_refuses_th
         compare.task_labels("e2e", str(tmp_path / "sst2"))
     with pytest.raises(ValueError, match="labels"):
         compare.task_labels("sst2", str(tmp_path))
+
+
+def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_runs_its_own(sst2_setup, tmp_path,
+                                                                                             tiny_config):
+    out = f"--out_dir={tmp_path}/cmp"
+    other = tiny_base(tmp_path, tiny_config, "other", seed=1)   # same shape and tokenizer, other weights
+    compare.main(sst2_setup + [out, "--methods=prefix"])
+    compare.main(sst2_setup + [out, "--methods=prefix", f"--base={other}"])
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    prints = {weights_fingerprint(load_model(p)[0]) for p in (sst2_setup[0].split("=", 1)[1], other)}
+    assert len(rows) == 2 and {r["base_fingerprint"] for r in rows} == prints and len(prints) == 2
+    assert all(r["base_fingerprint"] in r["cell"] and "|sst2|" in r["cell"] for r in rows)
+    compare.main(sst2_setup + [out, "--methods=prefix", f"--base={other}"])   # and each base's cells are reused
+    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2
