@@ -1,5 +1,6 @@
 """
-compare.py — the PEFT family side by side on one frozen base: methods × seeds × training-set sizes.
+compare.py — the PEFT family side by side on one frozen base: methods × seeds × training-set sizes;
+and across bases pretrained for longer.
 
     python compare.py --quick                    # a small grid (minutes), the table and plots
     python compare.py                            # the full grid of the README's results section
@@ -14,6 +15,18 @@ forgetting: the tuned model's loss on the pretraining corpus's val split beside 
 removed, leaves the base exactly as it was, so its forgetting is measured on the base itself.
 "fewshot" trains nothing: a description of the task and as many demonstrations as fit the context, in
 the prompt; on SST-2 they come in rounds of one per label, so every label is shown as often.
+
+The base-budget axis (--bases): every method also runs on each of those bases (every seed, all the data,
+its learning rate picked per base), and results.md gets a second table, a line a base: its pretraining
+iterations, its corpus val loss, its own val loss on the task, each method's, and the share of the gap
+between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
+draws that share for each method against the bases' pretraining iterations. Bases of 1×, 4× and 16× the
+demo's pretraining (640 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
+
+    python train.py config/demo_pretrain.toml --max_iters=2560 --lr_decay_iters=2560 --out_dir=out/base_4x
+    python train.py config/demo_pretrain.toml --max_iters=10240 --lr_decay_iters=10240 --out_dir=out/base_16x
+    python compare.py --bases=out/demo/base/best.pt,out/base_4x/best.pt,out/base_16x/best.pt \
+        --methods=prefix,lora,ft --sizes=0 --p_sweep=10     # the main grid is then the 1× line's cells
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
 base's weights (their fingerprint) and the cell's settings; a rerun skips the cells already there, so
@@ -34,18 +47,17 @@ import numpy as np
 import torch
 
 from checkpoint import load_model, weights_fingerprint
-from cli import main_guard, parse, setting
+from cli import main_guard, one_line, parse, setting
 from data.bins import load_bin
-from data.files import atomic_write, read_json, write_atomic
-from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, with_heads
+from data.files import atomic_write, write_atomic
+from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, read_labels, with_heads
 from data.tokenizer import get_tokenizer
 from methods import METHODS, attach
-from metrics import corpus_bleu
 from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
 from runlog import CellLog, fmt_time
 from runtime import DEVICE_PATTERN, setup_runtime
-from scoring import classify, complete, full_split_loss, label_candidates, task_loss
+from scoring import bleu_on_rows, classify, full_split_loss, label_candidates, task_loss
 from tuning import TuneSettings, make_prefix, tune
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
@@ -61,6 +73,7 @@ SCORES = {"e2e": {"bleu": "BLEU-4"}, "sst2": {"accuracy": "accuracy", "macro_f1"
 @dataclass
 class CompareConfig:
     base: str = "out/demo/base/best.pt"       # the frozen base (make demo pretrains it)
+    bases: list[str] = setting([])            # the base-budget axis: every method on each of these too
     corpus: str = "data/demo"                 # its pretraining corpus (val.bin): for the forgetting column
     task: str = setting("e2e", choices=tuple(DESCRIPTIONS))   # sst2: a classification task (meta.json's labels)
     task_dir: str = ""                        # train/val/test.jsonl (and meta.json); "": data/<task>
@@ -86,20 +99,14 @@ def subset(examples, size: int, seed: int):
 
 
 def task_labels(task: str, task_dir: str) -> list[str]:
-    """A classification task's candidate completions, from the meta.json its prepare script wrote
-    (index = label); [] for a generation task."""
-    path = os.path.join(task_dir, "meta.json")
-    meta = read_json(path) if os.path.isfile(path) else {}
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    if task == "e2e":
-        if labels:   # scoring SST-2 by BLEU would run, and mean nothing
-            raise ValueError(f"{task_dir} holds a classification task (meta.json has labels {labels}): "
-                             "pass --task=sst2")
-        return []
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
-        raise ValueError(f"--task={task} needs {path} with \"labels\", two or more completions: make it with "
+    """A classification task's candidate completions (index = label); [] for a generation task."""
+    labels = read_labels(task_dir)
+    if task == "e2e" and labels:   # scoring SST-2 by BLEU would run, and mean nothing
+        raise ValueError(f"{task_dir} holds a classification task (meta.json has labels {labels}): pass --task=sst2")
+    if task != "e2e" and not labels:
+        raise ValueError(f"--task={task} needs {task_dir}/meta.json with \"labels\": make it with "
                          f"python data/{task}/prepare.py --out_dir {task_dir}")
-    return labels
+    return labels or []
 
 
 @dataclass
@@ -134,25 +141,27 @@ def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
     return Base(path, model, tokenizer, data, weights_fingerprint(model), ckpt.get("iter_num"))
 
 
-def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
-    if not n:
-        return None
-    refs = {}
-    for r in test:
-        refs.setdefault(r["prompt"], []).append(r["completion"].strip())
-    prompts = list(refs)[:n]
-    # the task description goes in front of a prompt only when it leaves room to answer
-    room = model.config.block_size - 32
-    heads = [prompt_head if len(tokenizer.encode(prompt_head + p)) <= room else "" for p in prompts]
-    hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
-    return corpus_bleu(hyps, [refs[p] for p in prompts])
+def check_bases(paths: list[str], tokenizer: str) -> dict[str, str]:
+    """Every --bases entry loads and reads the same tokens as --base (val losses in nats per token compare
+    only then): checked before any cell runs. Returns each path's weight fingerprint."""
+    prints = {}
+    for path in dict.fromkeys(paths):
+        try:
+            model, ckpt = load_model(path, "cpu")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--bases: {one_line(e)}") from None
+        if ckpt["tokenizer"] != tokenizer:
+            raise ValueError(f"--bases: {path} uses the {ckpt['tokenizer']!r} tokenizer and --base {tokenizer!r}: "
+                             "their val losses (nats per token) do not compare")
+        prints[path] = weights_fingerprint(model)
+    return prints
 
 
 def test_scores(cfg, b: Base, model, prefix, candidates=None) -> dict:
     """The task's test columns: BLEU-4 of greedy decodings (E2E), or accuracy and macro-F1 of the likelier
     label (classification; candidates: the test rows' candidates, b's unless given)."""
     if not b.data["labels"]:
-        return {"bleu": bleu_of(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)}
+        return {"bleu": bleu_on_rows(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)}
     scores = classify(model, prefix, candidates or b.data["candidates"], b.data["y_true"])
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
 
@@ -168,7 +177,7 @@ def fewshot_cell(cfg, b: Base, t0: float) -> dict:
         test_heads = fewshot_heads(longest, rounds, description, eot, room)[0]
         scores = test_scores(cfg, b, b.model, None, [with_heads(c, test_heads) for c in cands])
     else:   # a decoding needs room to answer: only the description goes in front of a test MR
-        scores = {"bleu": bleu_of(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts, DESCRIPTIONS[cfg.task])}
+        scores = {"bleu": bleu_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts, DESCRIPTIONS[cfg.task])}
     return {"val_loss": task_loss(b.model, None, with_heads(b.data["val"], heads)), "trainable": 0, "percent": 0.0,
             "shots": max(ks), **scores, "forgetting": b.data["corpus_base"], "seconds": time.time() - t0}
 
@@ -227,11 +236,39 @@ def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
     return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
 
 
-def mean_std(values):
+def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):
+    """Every method on b: its learning rate picked, then every seed and size (and, for prefix, every length
+    of p_sweep on all the data). Returns (the rows at n_prefix, the prefix-length sweep's rows)."""
+    rows, sweep = [], []
+    for method in cfg.methods:
+        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, b, results, method, t0)
+        runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in sizes]
+        if method == "prefix":
+            runs += [(seed, 0, p) for seed in cfg.seeds for p in p_sweep if p != cfg.n_prefix]
+        if method == "fewshot":
+            runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
+        for seed, size, p in runs:
+            r = cell(cfg, rt, b, results, method, lr, seed, size, p, t0)
+            if method == "prefix" and size == 0:
+                sweep.append(r)                       # the prefix-length curve
+            if not (method == "prefix" and p != cfg.n_prefix):
+                rows.append(r)                        # the table and the low-data curves
+    return rows, sweep
+
+
+def mean_std(values, digits=3):
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values) if len(values) > 1 else 0:.{digits}f}"
+
+
+def gap_closed(rows, method: str, base_loss: float) -> list[float]:
+    """Per seed, the share (%) of the val-loss gap between the base alone and full fine-tuning that method
+    closes: (base - method) / (base - ft). A seed whose ft did not beat the base has no gap to close."""
+    ft = {r["seed"]: r["val_loss"] for r in rows if r["method"] == "ft"}
+    return [100 * (base_loss - r["val_loss"]) / (base_loss - ft[r["seed"]]) for r in rows
+            if r["method"] == method and r["seed"] in ft and base_loss > ft[r["seed"]]]
 
 
 def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
@@ -252,10 +289,52 @@ def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(rows, sweep, out_dir, base_val):
+def budget_table(budget, methods) -> str:
+    """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys."""
+    gap = "prefix" in methods and "ft" in methods
+    head = (["base", "pretraining iterations", "corpus val loss", "base alone: val loss"]
+            + [f"{m}: val loss" for m in methods] + ["prefix: % of the base→FT gap closed"] * gap)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in budget:
+        cells = [e["path"], "n/a" if e["iters"] is None else f"{e['iters']:,}", f"{e['corpus']:.3f}", f"{e['val']:.3f}"]
+        cells += [mean_std([r["val_loss"] for r in e["rows"] if r["method"] == m]) for m in methods]
+        cells += [mean_std(gap_closed(e["rows"], "prefix", e["val"]), digits=1)] * gap
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pyplot():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")   # files only: no display needed
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_bases(budget, methods, out_dir):
+    """results_bases.png: the share of the base→FT gap each method closes, against the base's pretraining
+    iterations (or its place in --bases, for a base whose checkpoint does not say)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    known = all(e["iters"] for e in budget)
+    xs = [e["iters"] if known else i + 1 for i, e in enumerate(budget)]
+    order = sorted(range(len(budget)), key=lambda i: xs[i])
+    for method in [m for m in methods if m not in ("ft", "fewshot")]:
+        ys = [statistics.mean(g) if (g := gap_closed(budget[i]["rows"], method, budget[i]["val"])) else math.nan
+              for i in order]
+        ax.plot([xs[i] for i in order], ys, "o-", label=method)
+    ax.axhline(100, color="gray", ls="--", lw=0.8, label="ft")   # ft closes all of its own gap
+    ax.set(xscale="log" if known else "linear", ylabel="% of the base→FT val-loss gap closed",
+           xlabel="base's pretraining iterations" if known else "base (its place in --bases)", title="base budget")
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(os.path.join(out_dir, "results_bases.png"), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plots(rows, sweep, out_dir, base_val):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     full = [r for r in rows if r["size"] == 0 and r["method"] != "fewshot"]
     for method in dict.fromkeys(r["method"] for r in full):
@@ -292,31 +371,34 @@ def main(argv):
     labels = task_labels(cfg.task, task_dir)
     rt = setup_runtime(cfg.device, "float32", 0)
     b = load_base(cfg, rt, cfg.base, task_dir, labels)
+    prints = check_bases(cfg.bases, b.tokenizer.name)
     base_scores = test_scores(cfg, b, b.model, None)
     os.makedirs(cfg.out_dir, exist_ok=True)
     results = CellLog(os.path.join(cfg.out_dir, "results.jsonl"))
-    t0, rows, sweep = time.time(), [], []
+    t0 = time.time()
     print(f"base alone: val loss {b.data['val_base']:.4f} | corpus val loss {b.data['corpus_base']:.4f} | "
           f"{len(b.data['train'])} train, {len(b.data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
-    for method in cfg.methods:
-        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, b, results, method, t0)
-        runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in cfg.sizes]
-        if method == "prefix":
-            runs += [(seed, 0, p) for seed in cfg.seeds for p in cfg.p_sweep if p != cfg.n_prefix]
-        if method == "fewshot":
-            runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
-        for seed, size, p in runs:
-            r = cell(cfg, rt, b, results, method, lr, seed, size, p, t0)
-            if method == "prefix" and size == 0:
-                sweep.append(r)                       # the prefix-length curve
-            if not (method == "prefix" and p != cfg.n_prefix):
-                rows.append(r)                        # the table and the low-data curves
+    rows, sweep = grid(cfg, rt, b, results, t0, cfg.sizes, cfg.p_sweep)
     md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
                SCORES[cfg.task])
-    write_atomic(os.path.join(cfg.out_dir, "results.md"), md + "\n")
     plots(rows, sweep, cfg.out_dir, b.data["val_base"])
-    print(f"\n{md}\n\n{len(rows) + len(sweep)} runs; this invocation took {fmt_time(time.time() - t0)}; "
-          f"wrote {cfg.out_dir}/results.md, results.png, results.jsonl")
+    budget = []
+    for path, fingerprint in prints.items():   # the base-budget axis: one base at a time, all the data
+        other = b if fingerprint == b.fingerprint else load_base(cfg, rt, path, task_dir, labels)
+        print(f"\nbase {path} ({other.iters} pretraining iterations): val loss {other.data['val_base']:.4f} | "
+              f"corpus val loss {other.data['corpus_base']:.4f}")
+        budget.append({"path": path, "iters": other.iters, "corpus": other.data["corpus_base"],
+                       "val": other.data["val_base"], "rows": grid(cfg, rt, other, results, t0, [0], [])[0]})
+    if budget:
+        md += "\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n" + budget_table(budget, cfg.methods)
+        if "ft" in cfg.methods:
+            plot_bases(budget, cfg.methods, cfg.out_dir)
+        else:
+            print("note: no results_bases.png: the share of the base→FT gap needs ft among --methods")
+    write_atomic(os.path.join(cfg.out_dir, "results.md"), md + "\n")
+    n_runs = len({r["cell"] for r in rows + sweep + [r for e in budget for r in e["rows"]]})   # each cell once
+    print(f"\n{md}\n\n{n_runs} runs; this invocation took {fmt_time(time.time() - t0)}; "
+          f"wrote {cfg.out_dir}/results.md, results.png{', results_bases.png' * bool(budget)}, results.jsonl")
 
 
 if __name__ == "__main__":

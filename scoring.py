@@ -5,6 +5,7 @@ scoring.py — the numbers every script reports, computed one way: losses, compl
     task_loss(model, prefix, examples)                              # tuning: completion tokens only
     complete(model, tokenizer, prefixes, prompts)                   # greedy (mixed batches) or beam search
     generation_scores(...), classification_scores(...)              # BLEU-4; accuracy, macro-F1
+    bleu_on_rows(model, tokenizer, prefix, rows, n)                 # BLEU-4, rows in hand
     classify(model, prefix, *label_candidates(tokenizer, rows, labels, where))   # the same, rows in hand
 
 A `prefix` argument is a prefix module (PrefixTuning, PromptTuning) or None for the base alone. Every
@@ -134,6 +135,22 @@ def greedy_batch(model, rows: list[tuple], max_new_tokens: int, stop: int) -> li
     out = model.generate(last, room, temperature=0, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                          stop_token=stop)
     return out[:, 1:].tolist()
+
+
+def bleu_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head: str = ""):
+    """Corpus BLEU-4 of greedy completions of the first n distinct prompts of rows, each against all its
+    references; None when n is 0. prompt_head (a task description) goes in front of a prompt only where
+    it leaves 32 tokens to answer in."""
+    if not n:
+        return None
+    refs = {}
+    for r in rows:
+        refs.setdefault(r["prompt"], []).append(r["completion"].strip())
+    prompts = list(refs)[:n]
+    room = model.config.block_size - 32
+    heads = [prompt_head if len(tokenizer.encode(prompt_head + p)) <= room else "" for p in prompts]
+    hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
+    return corpus_bleu(hyps, [refs[p] for p in prompts])
 
 
 def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=160, beam=1, max_examples=0,

@@ -22,6 +22,7 @@ import torch
 
 from data.bins import read_meta
 from data.checks import decode_utf8
+from data.files import read_json
 
 
 class TaskExample:
@@ -99,6 +100,21 @@ def load_task(path: str, tokenizer, max_len: int, max_examples: int = 0) -> tupl
         if max_examples and len(examples) >= max_examples:
             break
     return examples, truncated
+
+
+def read_labels(task_dir: str) -> list[str] | None:
+    """A classification task's candidate completions (index = label), from the meta.json its prepare
+    script wrote in task_dir (data/sst2/prepare.py); None when the folder has no labels."""
+    path = os.path.join(task_dir, "meta.json")
+    if not os.path.isfile(path):
+        return None
+    meta = read_json(path)
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if labels is None:
+        return None
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise ValueError(f"{path}: \"labels\" must be a list of two or more non-empty completions, found {labels!r}")
+    return labels
 
 
 def demonstrations(train, labels: list[str], n: int = 8) -> list[list[TaskExample]]:

@@ -8,7 +8,7 @@ import torch
 
 import compare
 from checkpoint import load_model, save_checkpoint, weights_fingerprint
-from conftest import run
+from conftest import one_line_error, run
 from data.shakespeare.prepare import prepare
 from data.sst2.prepare import write_task
 from data.tasks import TaskExample, demonstrations, fewshot_heads
@@ -122,3 +122,35 @@ def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_r
     assert all(r["base_fingerprint"] in r["cell"] and "|sst2|" in r["cell"] for r in rows)
     compare.main(sst2_setup + [out, "--methods=prefix", f"--base={other}"])   # and each base's cells are reused
     assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2
+
+
+def test_two_bases_give_the_base_budget_table_a_line_each_with_the_share_of_the_gap_prefix_closes(
+        sst2_setup, tmp_path, tiny_config):
+    bases = [sst2_setup[0].split("=", 1)[1], tiny_base(tmp_path, tiny_config, "longer", seed=1, iters=40)]
+    # --sizes=0 and --p_sweep=n_prefix: the main grid's cells are the first base's line, run once
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,ft", f"--bases={','.join(bases)}"])
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    budget = md[md.index("Base budget"):].splitlines()
+    header = next(line for line in budget if line.startswith("| base |"))
+    assert "prefix: val loss" in header and "ft: val loss" in header and "% of the base→FT gap closed" in header
+    lines = [line for line in budget if line.startswith("| ") and line != header]
+    assert [line.split(" | ")[0][2:] for line in lines] == bases and "| 40 |" in lines[1]
+    for line in lines:   # ft beats a random base within 3 steps: every line has a share, a number
+        float(line.split(" | ")[-1].split(" ± ")[0])
+    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2 * 2   # 2 methods on each of 2 bases
+    assert (tmp_path / "cmp" / "results_bases.png").stat().st_size > 0
+
+
+def test_the_gap_closed_is_the_share_of_base_minus_ft_per_seed():
+    rows = [{"method": "ft", "seed": 0, "val_loss": 1.0}, {"method": "prefix", "seed": 0, "val_loss": 1.5},
+            {"method": "ft", "seed": 1, "val_loss": 1.2}, {"method": "prefix", "seed": 1, "val_loss": 1.2},
+            {"method": "prefix", "seed": 2, "val_loss": 1.9}]   # seed 2 has no ft: no gap to compare with
+    assert compare.gap_closed(rows, "prefix", 2.0) == [50.0, 100.0]
+    assert compare.gap_closed(rows, "prefix", 0.9) == []          # ft never beat the base: no gap
+
+
+def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_path):
+    res = run("compare.py", *sst2_setup, f"--out_dir={tmp_path}/cmp", "--methods=prefix",
+              f"--bases={sst2_setup[0].split('=', 1)[1]},{tmp_path}/no_such/best.pt", check=False)
+    one_line_error(res, "--bases", "no_such/best.pt", "not found")
+    assert "so far" not in res.stdout and not (tmp_path / "cmp").exists()
