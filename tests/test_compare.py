@@ -1,6 +1,7 @@
 """compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing; SST-2's
 scores; cells keyed by base and task; the base-budget axis."""
 import json
+import sys
 from dataclasses import replace
 
 import pytest
@@ -8,12 +9,14 @@ import torch
 
 import compare
 from checkpoint import load_model, save_checkpoint, weights_fingerprint
-from conftest import one_line_error, run
+from cli import main_guard, parse
+from conftest import run
 from data.shakespeare.prepare import prepare
 from data.sst2.prepare import write_task
 from data.tasks import TaskExample, demonstrations, fewshot_heads
 from data.tokenizer import ByteTokenizer
 from model import GPT
+from runtime import setup_runtime
 
 
 @pytest.mark.slow
@@ -86,6 +89,15 @@ def test_sst2_cells_score_accuracy_and_macro_f1_and_the_table_shows_them(sst2_se
     assert "| accuracy | macro-F1 |" in header and "BLEU" not in header, header
 
 
+@pytest.mark.parametrize("cap,n", [(3, 3), (0, len(REVIEWS))])
+def test_test_examples_caps_the_classified_test_rows(sst2_setup, cap, n):
+    cfg = compare.CompareConfig()
+    parse(sst2_setup + [f"--test_examples={cap}"], cfg)
+    labels = compare.task_labels("sst2", cfg.task_dir)
+    b = compare.load_base(cfg, setup_runtime("cpu", "float32", 0), cfg.base, cfg.task_dir, labels)
+    assert len(b.data["y_true"]) == n and all(len(c) == n for c in b.data["candidates"])
+
+
 def test_fewshot_demonstrations_on_sst2_are_balanced_between_the_labels():
     tok = ByteTokenizer()
     labels = [" negative", " positive"]
@@ -149,8 +161,12 @@ def test_the_gap_closed_is_the_share_of_base_minus_ft_per_seed():
     assert compare.gap_closed(rows, "prefix", 0.9) == []          # ft never beat the base: no gap
 
 
-def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_path):
-    res = run("compare.py", *sst2_setup, f"--out_dir={tmp_path}/cmp", "--methods=prefix",
-              f"--bases={sst2_setup[0].split('=', 1)[1]},{tmp_path}/no_such/best.pt", check=False)
-    one_line_error(res, "--bases", "no_such/best.pt", "not found")
-    assert "so far" not in res.stdout and not (tmp_path / "cmp").exists()
+def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare.py", *sst2_setup, f"--out_dir={tmp_path}/cmp", "--methods=prefix",
+                                      f"--bases={sst2_setup[0].split('=', 1)[1]},{tmp_path}/no_such/best.pt"])
+    with pytest.raises(SystemExit) as exit_:
+        main_guard(compare.main)   # as the script runs it
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--bases" in err and "no_such/best.pt" in err and "not found" in err, err
+    assert "so far" not in out and not (tmp_path / "cmp").exists()
