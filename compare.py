@@ -169,7 +169,8 @@ def test_scores(cfg, b: Base, model, prefix, candidates=None) -> dict:
 def fewshot_cell(cfg, b: Base, t0: float) -> dict:
     """Nothing trains: the base, with a description of the task and demonstrations in front of each prompt."""
     rounds = demonstrations(b.data["train"], b.data["labels"])
-    description, eot, room = b.tokenizer.encode(DESCRIPTIONS[cfg.task]), b.tokenizer.eot_token, b.model.config.block_size
+    description = b.tokenizer.encode(DESCRIPTIONS[cfg.task])
+    eot, room = b.tokenizer.eot_token, b.model.config.block_size
     heads, ks = fewshot_heads([len(e.tokens) for e in b.data["val"]], rounds, description, eot, room)
     if b.data["labels"]:   # every label's candidate for a test row gets the same head, made for the longest
         cands = b.data["candidates"]
@@ -177,7 +178,8 @@ def fewshot_cell(cfg, b: Base, t0: float) -> dict:
         test_heads = fewshot_heads(longest, rounds, description, eot, room)[0]
         scores = test_scores(cfg, b, b.model, None, [with_heads(c, test_heads) for c in cands])
     else:   # a decoding needs room to answer: only the description goes in front of a test MR
-        scores = {"bleu": bleu_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts, DESCRIPTIONS[cfg.task])}
+        scores = {"bleu": bleu_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts,
+                                       DESCRIPTIONS[cfg.task])}
     return {"val_loss": task_loss(b.model, None, with_heads(b.data["val"], heads)), "trainable": 0, "percent": 0.0,
             "shots": max(ks), **scores, "forgetting": b.data["corpus_base"], "seconds": time.time() - t0}
 
@@ -221,9 +223,10 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
         results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,
                      "method": method, "lr": lr, "seed": seed, "size": size, "n_prefix": p, **row})
         r = results.rows[key]
-        scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}" for k, name in SCORES[cfg.task].items())
-        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "
-              f"{r['val_loss']:.4f} | {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
+        scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}"
+                            for k, name in SCORES[cfg.task].items())
+        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss {r['val_loss']:.4f} "
+              f"| {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
     return results.rows[key]
 
 
@@ -390,7 +393,8 @@ def main(argv):
         budget.append({"path": path, "iters": other.iters, "corpus": other.data["corpus_base"],
                        "val": other.data["val_base"], "rows": grid(cfg, rt, other, results, t0, [0], [])[0]})
     if budget:
-        md += "\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n" + budget_table(budget, cfg.methods)
+        md += ("\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n"
+               + budget_table(budget, cfg.methods))
         if "ft" in cfg.methods:
             plot_bases(budget, cfg.methods, cfg.out_dir)
         else:
