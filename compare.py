@@ -1,24 +1,41 @@
 """
-compare.py — the PEFT family side by side on one frozen base: methods × seeds × training-set sizes.
+compare.py — the PEFT family side by side on one frozen base: methods × seeds × training-set sizes;
+and across bases pretrained for longer.
 
     python compare.py --quick                    # a small grid (minutes), the table and plots
     python compare.py                            # the full grid of the README's results section
     python compare.py --methods=prefix,lora --seeds=0,1,2 --sizes=50,200,0 --steps=150
+    python compare.py --task=sst2 --quick        # SST-2 (python data/sst2/prepare.py makes data/sst2)
 
 Every method trains through the same loop (tuning.tune) for the same steps and batch size; its learning
 rate is picked from a small grid on val (seed 0, all the data), then used for every seed and size.
-Scores: loss on the val completions (nats per token), BLEU-4 on test MRs by greedy decoding (E2E), and
+Scores: loss on the val completions (nats per token); on test, BLEU-4 of greedy decodings of the MRs
+(E2E) or accuracy and macro-F1 of the likelier label (SST-2: the labels of task_dir/meta.json); and
 forgetting: the tuned model's loss on the pretraining corpus's val split beside the base's. A prefix,
 removed, leaves the base exactly as it was, so its forgetting is measured on the base itself.
-"fewshot" trains nothing: a task description and as many demonstrations as fit the context, in the prompt.
+"fewshot" trains nothing: a description of the task and as many demonstrations as fit the context, in
+the prompt; on SST-2 they come in rounds of one per label, so every label is shown as often.
 
-Each finished cell is one line of <out_dir>/results.jsonl, appended whole; a rerun skips the cells
-already there, so an interrupted grid resumes. Writes <out_dir>/results.md and the plots beside it.
+The base-budget axis (--bases): every method also runs on each of those bases (every seed, all the data,
+its learning rate picked per base), and results.md gets a second table, a line a base: its pretraining
+iterations, its corpus val loss, its own val loss on the task, each method's, and the share of the gap
+between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
+draws that share for each method against the bases' pretraining iterations. Bases of 1×, 4× and 16× the
+demo's pretraining (640 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
+
+    python train.py config/demo_pretrain.toml --max_iters=2560 --lr_decay_iters=2560 --out_dir=out/base_4x
+    python train.py config/demo_pretrain.toml --max_iters=10240 --lr_decay_iters=10240 --out_dir=out/base_16x
+    python compare.py --bases=out/demo/base/best.pt,out/base_4x/best.pt,out/base_16x/best.pt \
+        --methods=prefix,lora,ft --sizes=0 --p_sweep=10     # the main grid is then the 1× line's cells
+
+Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
+base's weights (their fingerprint) and the cell's settings; a rerun skips the cells already there, so
+an interrupted grid resumes, while another base or task in the same out_dir runs cells of its own.
+Writes <out_dir>/results.md and the plots beside it.
 """
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 import random
@@ -29,32 +46,37 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from checkpoint import load_model
-from cli import main_guard, parse, setting
+from checkpoint import load_model, weights_fingerprint
+from cli import main_guard, one_line, parse, setting
 from data.bins import load_bin
 from data.files import atomic_write, write_atomic
-from data.tasks import TaskExample, load_task, read_jsonl
+from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, read_labels, with_heads
 from data.tokenizer import get_tokenizer
 from methods import METHODS, attach
-from metrics import corpus_bleu
 from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
-from runlog import fmt_time
+from runlog import CellLog, fmt_time
 from runtime import DEVICE_PATTERN, setup_runtime
-from scoring import complete, full_split_loss, task_loss
-from tuning import make_prefix, tune
+from scoring import bleu_on_rows, classify, full_split_loss, label_candidates, task_loss
+from tuning import TuneSettings, make_prefix, tune
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
            "lora": [1e-3, 3e-3, 1e-2], "adapter": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2],
            "ft-top2": [3e-4, 1e-3, 3e-3], "ft": [3e-4, 1e-3, 3e-3]}
-DESCRIPTION = "Describe the restaurant in one sentence, using every attribute given.\n"
+DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt starts with for each
+    "e2e": "Describe the restaurant in one sentence, using every attribute given.\n",
+    "sst2": "Say whether each movie review is positive or negative.\n",
+}
+SCORES = {"e2e": {"bleu": "BLEU-4"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
 
 
 @dataclass
 class CompareConfig:
     base: str = "out/demo/base/best.pt"       # the frozen base (make demo pretrains it)
+    bases: list[str] = setting([])            # the base-budget axis: every method on each of these too
     corpus: str = "data/demo"                 # its pretraining corpus (val.bin): for the forgetting column
-    task_dir: str = "data/e2e"                # train.jsonl, val.jsonl, test.jsonl
+    task: str = setting("e2e", choices=tuple(DESCRIPTIONS))   # sst2: a classification task (meta.json's labels)
+    task_dir: str = ""                        # train/val/test.jsonl (and meta.json); "": data/<task>
     out_dir: str = "out/compare"
     methods: list[str] = setting(list(METHODS) + ["fewshot"], choices=METHODS + ("fewshot",))
     seeds: list[int] = setting([0, 1, 2], min=0)
@@ -65,105 +87,114 @@ class CompareConfig:
     batch_size: int = setting(16, min=1)
     lr_grid: bool = True            # pick each method's learning rate on val; false: the grid's middle value
     val_examples: int = setting(200, min=1)   # val completions scored (the same ones for every cell)
-    test_prompts: int = setting(30, min=0)    # test MRs decoded for BLEU (0: no BLEU)
+    test_prompts: int = setting(30, min=0)    # E2E: test MRs decoded for BLEU (0: no BLEU)
+    test_examples: int = setting(0, min=0)    # SST-2: test examples classified (0: all)
     corpus_tokens: int = setting(100_000, min=1000)   # of the corpus's val split, for forgetting
     quick: bool = False             # a small grid to see it work: 2 seeds, sizes 50 and all, 40 steps
     device: str = setting("auto", pattern=DEVICE_PATTERN)
-
-
-@dataclass
-class Tuning:
-    """The settings tuning.tune reads (finetune_prefix.FinetuneConfig has the same names)."""
-    method: str
-    learning_rate: float
-    max_iters: int
-    batch_size: int
-    seed: int
-    n_prefix: int = 10
-    reparam_hidden: int = 512
-    init: str = "random"
-    init_text: str = ""
-    min_lr: float = 0.0
-    warmup_iters: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    patience: int = 1000        # every method gets the same steps; the best val state is kept
-    log_interval: int = 1000
-
-
-class Results:
-    """results.jsonl: one finished cell a line, each appended in one write and flushed to disk."""
-
-    def __init__(self, path: str):
-        self.path, self.rows = path, {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self.rows[row["cell"]] = row
-                    except (ValueError, KeyError):
-                        pass   # a line cut by a crash mid-write: that cell runs again
-
-    def add(self, row: dict):
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows[row["cell"]] = row
 
 
 def subset(examples, size: int, seed: int):
     return examples if not size or size >= len(examples) else random.Random(seed).sample(examples, size)
 
 
-def fewshot_examples(examples, demos, tokenizer, room: int):
-    """Each example with a task description and as many demonstrations as fit in `room` tokens put in
-    front of its prompt; no loss on them (they are prompt). Returns (examples, demonstrations used)."""
-    out, used = [], []
-    description = tokenizer.encode(DESCRIPTION)
-    for e in examples:
-        head = description if len(description) + len(e.tokens) <= room else []   # a short context: no room
-        k = 0
-        for d in demos:
-            shot = d.tokens + [tokenizer.eot_token]
-            if len(head) + len(shot) + len(e.tokens) > room:
-                break
-            head, k = head + shot, k + 1
-        out.append(TaskExample(head + e.tokens, len(head) + e.n_prompt, e.prompt, e.completion))
-        used.append(k)
-    return out, used
+def task_labels(task: str, task_dir: str) -> list[str]:
+    """A classification task's candidate completions (index = label); [] for a generation task."""
+    labels = read_labels(task_dir)
+    if task == "e2e" and labels:   # scoring SST-2 by BLEU would run, and mean nothing
+        raise ValueError(f"{task_dir} holds a classification task (meta.json has labels {labels}): pass --task=sst2")
+    if task != "e2e" and not labels:
+        raise ValueError(f"--task={task} needs {task_dir}/meta.json with \"labels\": make it with "
+                         f"python data/{task}/prepare.py --out_dir {task_dir}")
+    return labels or []
 
 
-def bleu_of(model, tokenizer, prefix, test, n, prompt_head=""):
-    if not n:
-        return None
-    refs = {}
-    for r in test:
-        refs.setdefault(r["prompt"], []).append(r["completion"].strip())
-    prompts = list(refs)[:n]
-    # the task description goes in front of a prompt only when it leaves room to answer
-    room = model.config.block_size - 32
-    heads = [prompt_head if len(tokenizer.encode(prompt_head + p)) <= room else "" for p in prompts]
-    hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
-    return corpus_bleu(hyps, [refs[p] for p in prompts])
+@dataclass
+class Base:
+    """A frozen base and what every cell on it shares. data: train and val examples (tokenized for its
+    tokenizer and context), test rows (and for a classification task every test row completed by every
+    label, "candidates", with "y_true"), the corpus's val split, and the base alone's val and corpus loss."""
+    path: str
+    model: torch.nn.Module
+    tokenizer: object
+    data: dict
+    fingerprint: str        # of its weights (checkpoint.weights_fingerprint): what its cells are keyed by
+    iters: int | None       # its pretraining iterations (train.py's checkpoints); None for GPT-2's weights
 
 
-def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -> dict:
+def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
+    model, ckpt = load_model(path, rt.device)
+    tokenizer = get_tokenizer(ckpt["tokenizer"])
+    block = model.config.block_size
+    room = room_after(max(cfg.p_sweep + [cfg.n_prefix]), block)   # what the longest prefix of any cell leaves
+    data = {name: load_task(os.path.join(task_dir, f"{name}.jsonl"), tokenizer, room)[0] for name in ("train", "val")}
+    data["val"] = data["val"][:cfg.val_examples]
+    data["test"] = read_jsonl(os.path.join(task_dir, "test.jsonl"))
+    data["labels"] = labels
+    if labels:
+        data["test"] = data["test"][:cfg.test_examples or None]
+        data["candidates"], data["y_true"] = label_candidates(tokenizer, data["test"], labels,
+                                                              os.path.join(task_dir, "test.jsonl"), room)
+    data["corpus"] = load_bin(cfg.corpus)[1]
+    data["val_base"] = task_loss(model, None, data["val"])
+    data["corpus_base"] = full_split_loss(model, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
+    return Base(path, model, tokenizer, data, weights_fingerprint(model), ckpt.get("iter_num"))
+
+
+def check_bases(paths: list[str], tokenizer: str) -> dict[str, str]:
+    """Every --bases entry loads and reads the same tokens as --base (val losses in nats per token compare
+    only then): checked before any cell runs. Returns each path's weight fingerprint."""
+    prints = {}
+    for path in dict.fromkeys(paths):
+        try:
+            model, ckpt = load_model(path, "cpu")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--bases: {one_line(e)}") from None
+        if ckpt["tokenizer"] != tokenizer:
+            raise ValueError(f"--bases: {path} uses the {ckpt['tokenizer']!r} tokenizer and --base {tokenizer!r}: "
+                             "their val losses (nats per token) do not compare")
+        prints[path] = weights_fingerprint(model)
+    return prints
+
+
+def test_scores(cfg, b: Base, model, prefix, candidates=None) -> dict:
+    """The task's test columns: BLEU-4 of greedy decodings (E2E), or accuracy and macro-F1 of the likelier
+    label (classification; candidates: the test rows' candidates, b's unless given)."""
+    if not b.data["labels"]:
+        return {"bleu": bleu_on_rows(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)}
+    scores = classify(model, prefix, candidates or b.data["candidates"], b.data["y_true"])
+    return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+
+
+def fewshot_cell(cfg, b: Base, t0: float) -> dict:
+    """Nothing trains: the base, with a description of the task and demonstrations in front of each prompt."""
+    rounds = demonstrations(b.data["train"], b.data["labels"])
+    description = b.tokenizer.encode(DESCRIPTIONS[cfg.task])
+    eot, room = b.tokenizer.eot_token, b.model.config.block_size
+    heads, ks = fewshot_heads([len(e.tokens) for e in b.data["val"]], rounds, description, eot, room)
+    if b.data["labels"]:   # every label's candidate for a test row gets the same head, made for the longest
+        cands = b.data["candidates"]
+        longest = [max(len(c[i].tokens) for c in cands) for i in range(len(b.data["y_true"]))]
+        test_heads = fewshot_heads(longest, rounds, description, eot, room)[0]
+        scores = test_scores(cfg, b, b.model, None, [with_heads(c, test_heads) for c in cands])
+    else:   # a decoding needs room to answer: only the description goes in front of a test MR
+        scores = {"bleu": bleu_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts,
+                                       DESCRIPTIONS[cfg.task])}
+    return {"val_loss": task_loss(b.model, None, with_heads(b.data["val"], heads)), "trainable": 0, "percent": 0.0,
+            "shots": max(ks), **scores, "forgetting": b.data["corpus_base"], "seconds": time.time() - t0}
+
+
+def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
     """Tune one method once; return its scores (the best val state is restored before scoring)."""
     torch.manual_seed(seed)
     t0 = time.time()
-    model, n_base = copy.deepcopy(base), base.num_params(non_embedding=False)
     if method == "fewshot":
-        val, ks = fewshot_examples(data["val"], data["train"][:8], tokenizer, model.config.block_size)
-        return {"val_loss": task_loss(model, None, val), "trainable": 0, "percent": 0.0, "shots": max(ks),
-                "bleu": bleu_of(model, tokenizer, None, data["test"], cfg.test_prompts, DESCRIPTION),
-                "forgetting": data["corpus_base"], "seconds": time.time() - t0}
+        return fewshot_cell(cfg, b, t0)
+    model, n_base, data = copy.deepcopy(b.model), b.model.num_params(non_embedding=False), b.data
     attach(method, model)
-    settings = Tuning(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
-                      eval_interval=max(cfg.steps // 3, 1))
-    prefix = make_prefix(settings, model, tokenizer, rt.device) if method in PREFIX_METHODS else None
+    settings = TuneSettings(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
+                            eval_interval=max(cfg.steps // 3, 1))
+    prefix = make_prefix(settings, model, b.tokenizer, rt.device) if method in PREFIX_METHODS else None
     trainable = prefix if prefix is not None else model
     best_state = {}
 
@@ -179,60 +210,134 @@ def run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, n_prefix) -
     forgetting = data["corpus_base"] if prefix is not None else full_split_loss(
         model, data["corpus"], model.config.block_size, 16, rt.device, max_tokens=cfg.corpus_tokens)
     return {"val_loss": summary["best_val_loss"], "trainable": counts["trainable"], "percent": counts["percent"],
-            "bleu": bleu_of(model, tokenizer, prefix, data["test"], cfg.test_prompts),
-            "forgetting": forgetting, "seconds": time.time() - t0}
+            **test_scores(cfg, b, model, prefix), "forgetting": forgetting, "seconds": time.time() - t0}
 
 
-def cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0) -> dict:
-    """One grid cell: its row from results.jsonl, or run now and appended there."""
-    key = f"run|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
+def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
+    """One grid cell: its row from results.jsonl, or run now and appended there. The key holds all that
+    made the row, the task and the base's weights too: another base or task in the same out_dir runs its
+    own cells instead of reading these."""
+    key = f"run|{cfg.task}|{b.fingerprint}|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
     if key not in results.rows:
-        row = run_cell(cfg, rt, base, tokenizer, data, method, seed, size, lr, p)
-        results.add({"cell": key, "kind": "run", "method": method, "lr": lr, "seed": seed, "size": size,
-                     "n_prefix": p, **row})
+        row = run_cell(cfg, rt, b, method, seed, size, lr, p)
+        results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,
+                     "method": method, "lr": lr, "seed": seed, "size": size, "n_prefix": p, **row})
         r = results.rows[key]
-        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss "
-              f"{r['val_loss']:.4f} | BLEU {r['bleu'] if r['bleu'] is None else round(r['bleu'], 2)} | "
-              f"{r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
+        scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}"
+                            for k, name in SCORES[cfg.task].items())
+        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss {r['val_loss']:.4f} "
+              f"| {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
     return results.rows[key]
 
 
-def pick_lr(cfg, rt, base, tokenizer, data, results, method, t0) -> float:
+def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
     """The grid's learning rate with the lowest val loss for seed 0 on all the data. Those runs are the
     grid's own seed-0 cells, so picking costs only the rates that lose."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    losses = {lr: cell(cfg, rt, base, tokenizer, data, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
+    losses = {lr: cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
               for lr in grid}
     return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
 
 
-def mean_std(values):
+def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):
+    """Every method on b: its learning rate picked, then every seed and size (and, for prefix, every length
+    of p_sweep on all the data). Returns (the rows at n_prefix, the prefix-length sweep's rows)."""
+    rows, sweep = [], []
+    for method in cfg.methods:
+        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, b, results, method, t0)
+        runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in sizes]
+        if method == "prefix":
+            runs += [(seed, 0, p) for seed in cfg.seeds for p in p_sweep if p != cfg.n_prefix]
+        if method == "fewshot":
+            runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
+        for seed, size, p in runs:
+            r = cell(cfg, rt, b, results, method, lr, seed, size, p, t0)
+            if method == "prefix" and size == 0:
+                sweep.append(r)                       # the prefix-length curve
+            if not (method == "prefix" and p != cfg.n_prefix):
+                rows.append(r)                        # the table and the low-data curves
+    return rows, sweep
+
+
+def mean_std(values, digits=3):
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values) if len(values) > 1 else 0:.{digits}f}"
 
 
-def table(rows, base_val, base_corpus, base_bleu) -> str:
-    """Markdown: one line a method, on all the training data, mean ± std over seeds."""
-    lines = ["| method | trainable parameters | val loss | BLEU-4 | forgetting: corpus val loss | seconds a run |",
-             "|---|---|---|---|---|---|",
-             f"| base alone | 0 | {base_val:.3f} | {'n/a' if base_bleu is None else f'{base_bleu:.2f}'} | "
-             f"{base_corpus:.3f} | |"]
+def gap_closed(rows, method: str, base_loss: float) -> list[float]:
+    """Per seed, the share (%) of the val-loss gap between the base alone and full fine-tuning that method
+    closes: (base - method) / (base - ft). A seed whose ft did not beat the base has no gap to close."""
+    ft = {r["seed"]: r["val_loss"] for r in rows if r["method"] == "ft"}
+    return [100 * (base_loss - r["val_loss"]) / (base_loss - ft[r["seed"]]) for r in rows
+            if r["method"] == method and r["seed"] in ft and base_loss > ft[r["seed"]]]
+
+
+def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
+    """Markdown: one line a method, on all the training data, mean ± std over seeds; the test columns
+    are the task's (columns: row key -> heading)."""
+    lines = [f"| method | trainable parameters | val loss | {' | '.join(columns.values())} | "
+             "forgetting: corpus val loss | seconds a run |", "|---|---|---|" + "---|" * len(columns) + "---|---|",
+             f"| base alone | 0 | {base_val:.3f} | "
+             + "".join(f"{'n/a' if base_scores[k] is None else f'{base_scores[k]:.3f}'} | " for k in columns)
+             + f"{base_corpus:.3f} | |"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         params = mine[0]["trainable"]
-        bleu = mean_std([r["bleu"] for r in mine])
+        scores = "".join(f"{mean_std([r[k] for r in mine])} | " for k in columns)
         lines.append(f"| {method}{' (k=%d)' % mine[0]['shots'] if method == 'fewshot' else ''} | {params:,} "
-                     f"({mine[0]['percent']:.2f}%) | {mean_std([r['val_loss'] for r in mine])} | {bleu} | "
+                     f"({mine[0]['percent']:.2f}%) | {mean_std([r['val_loss'] for r in mine])} | {scores}"
                      f"{mean_std([r['forgetting'] for r in mine])} | {statistics.mean(r['seconds'] for r in mine):.1f} |")
     return "\n".join(lines)
 
 
-def plots(rows, sweep, out_dir, base_val):
+def budget_table(budget, methods) -> str:
+    """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys."""
+    gap = "prefix" in methods and "ft" in methods
+    head = (["base", "pretraining iterations", "corpus val loss", "base alone: val loss"]
+            + [f"{m}: val loss" for m in methods] + ["prefix: % of the base→FT gap closed"] * gap)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in budget:
+        cells = [e["path"], "n/a" if e["iters"] is None else f"{e['iters']:,}", f"{e['corpus']:.3f}", f"{e['val']:.3f}"]
+        cells += [mean_std([r["val_loss"] for r in e["rows"] if r["method"] == m]) for m in methods]
+        cells += [mean_std(gap_closed(e["rows"], "prefix", e["val"]), digits=1)] * gap
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pyplot():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")   # files only: no display needed
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_bases(budget, methods, out_dir):
+    """results_bases.png: the share of the base→FT gap each method closes, against the base's pretraining
+    iterations (or its place in --bases, for a base whose checkpoint does not say)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    known = all(e["iters"] for e in budget)
+    xs = [e["iters"] if known else i + 1 for i, e in enumerate(budget)]
+    order = sorted(range(len(budget)), key=lambda i: xs[i])
+    for method in [m for m in methods if m not in ("ft", "fewshot")]:
+        ys = [statistics.mean(g) if (g := gap_closed(budget[i]["rows"], method, budget[i]["val"])) else math.nan
+              for i in order]
+        ax.plot([xs[i] for i in order], ys, "o-", label=method)
+    ax.axhline(100, color="gray", ls="--", lw=0.8, label="ft")   # ft closes all of its own gap
+    ax.set(xscale="log" if known else "linear", ylabel="% of the base→FT val-loss gap closed",
+           xlabel="base's pretraining iterations" if known else "base (its place in --bases)", title="base budget")
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(os.path.join(out_dir, "results_bases.png"), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def plots(rows, sweep, out_dir, base_val):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     full = [r for r in rows if r["size"] == 0 and r["method"] != "fewshot"]
     for method in dict.fromkeys(r["method"] for r in full):
@@ -243,7 +348,7 @@ def plots(rows, sweep, out_dir, base_val):
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "fewshot"):
         mine = sorted({r["size"] for r in rows if r["method"] == method}, key=lambda s: s or math.inf)
         ys = [np.mean([r["val_loss"] for r in rows if r["method"] == method and r["size"] == s]) for s in mine]
-        axes[1].plot([s or max(x for x in mine if x) * 2 for s in mine], ys, "o-", label=method)
+        axes[1].plot([s or max((x for x in mine if x), default=1) * 2 for s in mine], ys, "o-", label=method)
     axes[1].set(xscale="log", xlabel="training examples (rightmost: all)", ylabel="val loss", title="low data")
     if sweep:
         ps = sorted({r["n_prefix"] for r in sweep})
@@ -263,43 +368,41 @@ def main(argv):
     seen = parse(argv, cfg, prog="compare.py", description=__doc__.split("\n\n")[0])
     if cfg.quick:   # a smaller grid, except where a setting was given explicitly
         small = dict(seeds=cfg.seeds[:2], sizes=[50, 0], p_sweep=[1, 10], steps=40, lr_grid=False,
-                     val_examples=64, test_prompts=5)
+                     val_examples=64, test_prompts=5, test_examples=100)
         cfg = replace(cfg, **{k: v for k, v in small.items() if k not in seen})
+    task_dir = cfg.task_dir or os.path.join("data", cfg.task)
+    labels = task_labels(cfg.task, task_dir)
     rt = setup_runtime(cfg.device, "float32", 0)
-    base, ckpt = load_model(cfg.base, rt.device)
-    tokenizer = get_tokenizer(ckpt["tokenizer"])
-    block = base.config.block_size
-    data = {name: load_task(os.path.join(cfg.task_dir, f"{name}.jsonl"), tokenizer, room_after(max(cfg.p_sweep + [cfg.n_prefix]), block))[0]
-            for name in ("train", "val")}
-    data["val"] = data["val"][:cfg.val_examples]
-    data["test"] = read_jsonl(os.path.join(cfg.task_dir, "test.jsonl"))
-    data["corpus"] = load_bin(cfg.corpus)[1]
-    data["val_base"] = task_loss(base, None, data["val"])
-    data["corpus_base"] = full_split_loss(base, data["corpus"], block, 16, rt.device, max_tokens=cfg.corpus_tokens)
-    base_bleu = bleu_of(base, tokenizer, None, data["test"], cfg.test_prompts)
+    b = load_base(cfg, rt, cfg.base, task_dir, labels)
+    prints = check_bases(cfg.bases, b.tokenizer.name)
+    base_scores = test_scores(cfg, b, b.model, None)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    results = Results(os.path.join(cfg.out_dir, "results.jsonl"))
-    t0, rows, sweep = time.time(), [], []
-    print(f"base alone: val loss {data['val_base']:.4f} | corpus val loss {data['corpus_base']:.4f} | "
-          f"{len(data['train'])} train, {len(data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
-    for method in cfg.methods:
-        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, base, tokenizer, data, results, method, t0)
-        runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in cfg.sizes]
-        if method == "prefix":
-            runs += [(seed, 0, p) for seed in cfg.seeds for p in cfg.p_sweep if p != cfg.n_prefix]
-        if method == "fewshot":
-            runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
-        for seed, size, p in runs:
-            r = cell(cfg, rt, base, tokenizer, data, results, method, lr, seed, size, p, t0)
-            if method == "prefix" and size == 0:
-                sweep.append(r)                       # the prefix-length curve
-            if not (method == "prefix" and p != cfg.n_prefix):
-                rows.append(r)                        # the table and the low-data curves
-    md = table([r for r in rows if r["size"] == 0], data["val_base"], data["corpus_base"], base_bleu)
+    results = CellLog(os.path.join(cfg.out_dir, "results.jsonl"))
+    t0 = time.time()
+    print(f"base alone: val loss {b.data['val_base']:.4f} | corpus val loss {b.data['corpus_base']:.4f} | "
+          f"{len(b.data['train'])} train, {len(b.data['val'])} val examples | {cfg.steps} steps, batch {cfg.batch_size}")
+    rows, sweep = grid(cfg, rt, b, results, t0, cfg.sizes, cfg.p_sweep)
+    md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
+               SCORES[cfg.task])
+    plots(rows, sweep, cfg.out_dir, b.data["val_base"])
+    budget = []
+    for path, fingerprint in prints.items():   # the base-budget axis: one base at a time, all the data
+        other = b if fingerprint == b.fingerprint else load_base(cfg, rt, path, task_dir, labels)
+        print(f"\nbase {path} ({other.iters} pretraining iterations): val loss {other.data['val_base']:.4f} | "
+              f"corpus val loss {other.data['corpus_base']:.4f}")
+        budget.append({"path": path, "iters": other.iters, "corpus": other.data["corpus_base"],
+                       "val": other.data["val_base"], "rows": grid(cfg, rt, other, results, t0, [0], [])[0]})
+    if budget:
+        md += ("\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n"
+               + budget_table(budget, cfg.methods))
+        if "ft" in cfg.methods:
+            plot_bases(budget, cfg.methods, cfg.out_dir)
+        else:
+            print("note: no results_bases.png: the share of the base→FT gap needs ft among --methods")
     write_atomic(os.path.join(cfg.out_dir, "results.md"), md + "\n")
-    plots(rows, sweep, cfg.out_dir, data["val_base"])
-    print(f"\n{md}\n\n{len(rows) + len(sweep)} runs; this invocation took {fmt_time(time.time() - t0)}; "
-          f"wrote {cfg.out_dir}/results.md, results.png, results.jsonl")
+    n_runs = len({r["cell"] for r in rows + sweep + [r for e in budget for r in e["rows"]]})   # each cell once
+    print(f"\n{md}\n\n{n_runs} runs; this invocation took {fmt_time(time.time() - t0)}; "
+          f"wrote {cfg.out_dir}/results.md, results.png{', results_bases.png' * bool(budget)}, results.jsonl")
 
 
 if __name__ == "__main__":

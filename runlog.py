@@ -4,6 +4,7 @@ runlog.py — a run's folder and what a run writes there besides weights.
     claim_run_dir(out_dir, "pretrain", overwrite, resume)   # refuse a folder that holds other work
     write_run_config(out_dir, "pretrain", {...})            # config.json, with the run's kind
     log = MetricsLog(out_dir, append=False)                 # metrics.jsonl, and loss.png on request
+    cells = CellLog(path); cells.rows[key]; cells.add(row)  # a grid's finished cells, one a line (compare.py)
     write_json(path, summary)                               # summary.json (never NaN: JSON has none)
 
 Two kinds of run share this layout: "pretrain" (train.py) and "tune" (finetune_prefix.py, any method). A folder
@@ -117,3 +118,26 @@ def plot_losses(rows, png_path, title):
 def fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds + 0.5), 60)
     return f"{m}m{s:02d}s"
+
+
+class CellLog:
+    """A JSONL file of finished cells of a grid (compare.py's results.jsonl): one a line, keyed by its "cell"
+    field, each appended in one write and flushed to disk, so a crash loses at most the line being written."""
+
+    def __init__(self, path: str):
+        self.path, self.rows = path, {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.rows[row["cell"]] = row
+                    except (ValueError, KeyError):
+                        pass   # a line cut by a crash mid-write: that cell runs again
+
+    def add(self, row: dict):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[row["cell"]] = row

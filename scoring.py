@@ -5,6 +5,8 @@ scoring.py — the numbers every script reports, computed one way: losses, compl
     task_loss(model, prefix, examples)                              # tuning: completion tokens only
     complete(model, tokenizer, prefixes, prompts)                   # greedy (mixed batches) or beam search
     generation_scores(...), classification_scores(...)              # BLEU-4; accuracy, macro-F1
+    bleu_on_rows(model, tokenizer, prefix, rows, n)                 # BLEU-4, rows in hand
+    classify(model, prefix, *label_candidates(tokenizer, rows, labels, where))   # the same, rows in hand
 
 A `prefix` argument is a prefix module (PrefixTuning, PromptTuning) or None for the base alone. Every
 function here leaves the model in the train/eval mode it found it in, and computes under torch.no_grad.
@@ -136,6 +138,22 @@ def decode_rows(model, rows: list[tuple], max_new_tokens: int, stop: int | None,
     return out[:, 1:].tolist()
 
 
+def bleu_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head: str = ""):
+    """Corpus BLEU-4 of greedy completions of the first n distinct prompts of rows, each against all its
+    references; None when n is 0. prompt_head (a task description) goes in front of a prompt only where
+    it leaves 32 tokens to answer in."""
+    if not n:
+        return None
+    refs = {}
+    for r in rows:
+        refs.setdefault(r["prompt"], []).append(r["completion"].strip())
+    prompts = list(refs)[:n]
+    room = model.config.block_size - 32
+    heads = [prompt_head if len(tokenizer.encode(prompt_head + p)) <= room else "" for p in prompts]
+    hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
+    return corpus_bleu(hyps, [refs[p] for p in prompts])
+
+
 def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=160, beam=1, max_examples=0,
                       out_path=""):
     """Complete every distinct prompt of a JSONL file under every prefix; for each prefix, corpus BLEU
@@ -174,23 +192,42 @@ def completion_logprob(model, prefix, examples: list[TaskExample], batch_size=32
     return torch.cat(out)
 
 
-def classification_scores(model, tokenizer, prefix, path, labels, max_examples=0):
-    """Predict the label whose completion is most likely; accuracy, macro-F1, confusion matrix."""
-    rows = read_jsonl(path)
-    if max_examples:
-        rows = rows[:max_examples]
+def label_candidates(tokenizer, rows: list[dict], labels: list[str], where: str, room: int = 0):
+    """Each row's prompt completed by every label, as tuning sees an example (prompt, completion, end
+    marker): candidates[k][i] is row i with label k. Returns (candidates, each row's true label index).
+    room > 0: every candidate must fit in room tokens (block_size minus the prefix), or a ValueError."""
     y_true = []
     for r in rows:
         if r["completion"] not in labels:
-            raise ValueError(f"{path}:{r['_line']}: completion {r['completion']!r} is not one of --labels {labels}")
+            raise ValueError(f"{where}:{r['_line']}: completion {r['completion']!r} is not one of the labels {labels}")
         y_true.append(labels.index(r["completion"]))
-    scores = []
+    candidates = []
     for label in labels:
         examples = []
         for r in rows:
             p = tokenizer.encode(r["prompt"])
-            examples.append(TaskExample(p + tokenizer.encode(label) + [tokenizer.eot_token], len(p)))
-        scores.append(completion_logprob(model, prefix, examples))
-    y_pred = torch.stack(scores, dim=1).argmax(dim=1).tolist()
-    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, list(range(len(labels)))),
-            "confusion": confusion_matrix(y_true, y_pred, len(labels)), "n": len(rows)}
+            tokens = p + tokenizer.encode(label) + [tokenizer.eot_token]
+            if room and len(tokens) > room:
+                raise ValueError(f"{where}:{r['_line']}: the prompt and label {label!r} are {len(tokens)} tokens, "
+                                 f"more than the {room} a prefix leaves in block_size: use a shorter prefix")
+            examples.append(TaskExample(tokens, len(p), r["prompt"], label))
+        candidates.append(examples)
+    return candidates, y_true
+
+
+def classify(model, prefix, candidates: list[list[TaskExample]], y_true: list[int]) -> dict:
+    """Predict, for each row, the label whose candidate (label_candidates) is most likely; accuracy,
+    macro-F1, confusion matrix."""
+    scores = torch.stack([completion_logprob(model, prefix, c) for c in candidates], dim=1)   # (N, labels)
+    y_pred = scores.argmax(dim=1).tolist()
+    n_labels = len(candidates)
+    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, list(range(n_labels))),
+            "confusion": confusion_matrix(y_true, y_pred, n_labels), "n": len(y_true)}
+
+
+def classification_scores(model, tokenizer, prefix, path, labels, max_examples=0):
+    """Classify the rows of a JSONL file by label likelihood (classify); accuracy, macro-F1, confusion."""
+    rows = read_jsonl(path)
+    if max_examples:
+        rows = rows[:max_examples]
+    return classify(model, prefix, *label_candidates(tokenizer, rows, labels, path))

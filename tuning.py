@@ -7,13 +7,14 @@ everything else is shared here:
     best = tune(cfg, rt, model, prefix, train, val, base_loss, save_best)   # AdamW on what requires grad
     check_frozen_unchanged(originals, base_path)                          # every frozen tensor, bit for bit
 
-`cfg` is finetune_prefix.FinetuneConfig or anything with the same fields (compare.py builds its own).
+`cfg` is finetune_prefix.FinetuneConfig or anything with the same fields (TuneSettings, compare.py's).
 The loop: cosine schedule, gradient clipping, an evaluation every eval_interval steps, the best state
 saved by the caller's save_best, early stopping, NaN checked at log steps, Ctrl-C stops after a step.
 It knows nothing about file formats (save_best writes) or command lines.
 """
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +26,28 @@ from prefix import PromptTuning, build_prefix, init_text_tokens
 from runlog import MetricsLog, fmt_time
 from runtime import StopOnSignal
 from scoring import task_loss
+
+
+@dataclass
+class TuneSettings:
+    """The settings tune reads (finetune_prefix.FinetuneConfig has the same names), for a caller without a
+    config file (compare.py). patience 1000: every method gets all its steps; the best val state is kept."""
+    method: str
+    learning_rate: float
+    max_iters: int
+    batch_size: int
+    seed: int
+    n_prefix: int = 10
+    reparam_hidden: int = 512
+    init: str = "random"
+    init_text: str = ""
+    min_lr: float = 0.0
+    warmup_iters: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    patience: int = 1000
+    log_interval: int = 1000
 
 
 def load_examples(cfg, tokenizer, block_size: int, n_prefix: int = 0):

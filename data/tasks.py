@@ -8,6 +8,9 @@ Two formats:
   * Plain text (.txt, or a .bin prepared with the base's tokenizer): cut into windows; the loss
     counts every token.
 
+Few-shot prompts are made of examples too: demonstrations() picks them in rounds (one per label for a
+classification task), fewshot_heads() fits whole rounds in front of each example, with_heads() puts them there.
+
 Every error names the file and line and says what to fix.
 """
 import json
@@ -19,6 +22,7 @@ import torch
 
 from data.bins import read_meta
 from data.checks import decode_utf8
+from data.files import read_json
 
 
 class TaskExample:
@@ -96,6 +100,52 @@ def load_task(path: str, tokenizer, max_len: int, max_examples: int = 0) -> tupl
         if max_examples and len(examples) >= max_examples:
             break
     return examples, truncated
+
+
+def read_labels(task_dir: str) -> list[str] | None:
+    """A classification task's candidate completions (index = label), from the meta.json its prepare
+    script wrote in task_dir (data/sst2/prepare.py); None when the folder has no labels."""
+    path = os.path.join(task_dir, "meta.json")
+    if not os.path.isfile(path):
+        return None
+    meta = read_json(path)
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if labels is None:
+        return None
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x for x in labels)):
+        raise ValueError(f"{path}: \"labels\" must be a list of two or more non-empty completions, found {labels!r}")
+    return labels
+
+
+def demonstrations(train, labels: list[str], n: int = 8) -> list[list[TaskExample]]:
+    """Few-shot demonstrations in rounds: the first n train examples, one a round; for a classification
+    task, rounds of one example per label, so the prompt shows every label as often. The labels' order
+    turns from round to round, so the demonstration nearest the question is not always the same label."""
+    if not labels:
+        return [[e] for e in train[:n]]
+    rounds = list(zip(*[[e for e in train if e.completion == label][:n // len(labels)] for label in labels]))
+    return [list(r[i % len(r):] + r[:i % len(r)]) for i, r in enumerate(rounds)]
+
+
+def fewshot_heads(lengths: list[int], rounds, description: list[int], eot: int, room: int):
+    """For examples of these lengths (tokens): what goes in front of each, the description (if it fits)
+    and as many whole rounds of demonstrations as fit in room tokens; and how many demonstrations."""
+    heads, used = [], []
+    for n in lengths:
+        head, k = (description if len(description) + n <= room else []), 0   # a short context: no room
+        for r in rounds:
+            shots = [t for d in r for t in d.tokens + [eot]]
+            if len(head) + len(shots) + n > room:
+                break
+            head, k = head + shots, k + len(r)
+        heads.append(head)
+        used.append(k)
+    return heads, used
+
+
+def with_heads(examples, heads):
+    """Each example with its head in front of its prompt: no loss on the head (it is prompt)."""
+    return [TaskExample(h + e.tokens, len(h) + e.n_prompt, e.prompt, e.completion) for e, h in zip(examples, heads)]
 
 
 def _read_text_ids(path: str, tokenizer) -> list[int]:

@@ -1,11 +1,22 @@
-"""compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing."""
+"""compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing; SST-2's
+scores; cells keyed by base and task; the base-budget axis."""
 import json
+import sys
+from dataclasses import replace
 
 import pytest
+import torch
 
+import compare
+from checkpoint import load_model, save_checkpoint, weights_fingerprint
+from cli import main_guard, parse
 from conftest import run
 from data.shakespeare.prepare import prepare
+from data.sst2.prepare import write_task
+from data.tasks import TaskExample, demonstrations, fewshot_heads
 from data.tokenizer import ByteTokenizer
+from model import GPT
+from runtime import setup_runtime
 
 
 @pytest.mark.slow
@@ -39,3 +50,123 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
     again = run("compare.py", *args, timeout=600)
     assert "so far" in first.stdout and "so far" not in again.stdout          # nothing ran the second time
     assert (tmp_path / "cmp" / "results.md").read_text() == table
+
+
+# -- fast: tiny bases written directly (no pretraining), tiny task files -------------------------------
+
+REVIEWS = [("a fine film", 1), ("dull and long", 0), ("warm and funny", 1), ("a mess", 0), ("I loved it", 1),
+           ("flat acting", 0), ("great fun", 1), ("too slow", 0)]
+
+
+def tiny_base(tmp_path, tiny_config, name, seed=0, iters=0):
+    """A random base saved as train.py would save it; byte tokens and a context of 64, where a review,
+    its label and a 2-slot prefix fit."""
+    torch.manual_seed(seed)
+    model = GPT(replace(tiny_config, vocab_size=256, block_size=64))
+    path = tmp_path / name / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint(str(path), model, "byte", iter_num=iters)
+    return str(path)
+
+
+@pytest.fixture
+def sst2_setup(tmp_path, tiny_config):
+    """A base, a corpus, and an SST-2-shaped task folder (prepare.py's own writer): the --flags for them."""
+    prepare("the film was good and the film was bad.\n" * 80, ByteTokenizer(), str(tmp_path / "corpus"))
+    write_task({"train": REVIEWS * 3, "val": REVIEWS[:6], "test": REVIEWS}, str(tmp_path / "sst2"), {})
+    return [f"--base={tiny_base(tmp_path, tiny_config, 'base')}", f"--corpus={tmp_path}/corpus", "--task=sst2",
+            f"--task_dir={tmp_path}/sst2", "--seeds=0", "--sizes=0", "--n_prefix=2", "--p_sweep=2",
+            "--steps=3", "--batch_size=4", "--lr_grid=false", "--corpus_tokens=1000", "--device=cpu"]
+
+
+def test_sst2_cells_score_accuracy_and_macro_f1_and_the_table_shows_them(sst2_setup, tmp_path):
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,lora,fewshot"])
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    assert {r["method"] for r in rows} == {"prefix", "lora", "fewshot"}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 and "bleu" not in r, r
+    header = (tmp_path / "cmp" / "results.md").read_text().splitlines()[0]
+    assert "| accuracy | macro-F1 |" in header and "BLEU" not in header, header
+
+
+@pytest.mark.parametrize("cap,n", [(3, 3), (0, len(REVIEWS))])
+def test_test_examples_caps_the_classified_test_rows(sst2_setup, cap, n):
+    cfg = compare.CompareConfig()
+    parse(sst2_setup + [f"--test_examples={cap}"], cfg)
+    labels = compare.task_labels("sst2", cfg.task_dir)
+    b = compare.load_base(cfg, setup_runtime("cpu", "float32", 0), cfg.base, cfg.task_dir, labels)
+    assert len(b.data["y_true"]) == n and all(len(c) == n for c in b.data["candidates"])
+
+
+def test_fewshot_demonstrations_on_sst2_are_balanced_between_the_labels():
+    tok = ByteTokenizer()
+    labels = [" negative", " positive"]
+    # the train file starts with three positives: taking the first demonstrations would show no negative
+    train = [TaskExample(tok.encode(f"{s} Sentiment:{labels[y]}\n"), len(f"{s} Sentiment:"), f"{s} Sentiment:",
+                         labels[y]) for s, y in [("yes", 1), ("good", 1), ("fine", 1), ("bad", 0), ("no", 0)]]
+    rounds = demonstrations(train, labels)
+    assert all(sorted(d.completion for d in r) == labels for r in rounds) and len(rounds) == 2
+    assert rounds[0][-1].completion != rounds[1][-1].completion    # the order turns: no label is always last
+    for room in range(20, 120):   # whatever the room, whole rounds only: as many of each label
+        heads, used = fewshot_heads([15], rounds, tok.encode("Say.\n"), tok.eot_token, room)
+        text = tok.decode(heads[0])
+        assert text.count(" positive") == text.count(" negative") == used[0] // 2, (room, text)
+
+
+def test_a_classification_task_needs_its_labels_and_a_generation_task_refuses_them(tmp_path):
+    write_task({"train": REVIEWS, "val": REVIEWS, "test": REVIEWS}, str(tmp_path / "sst2"), {})
+    assert compare.task_labels("sst2", str(tmp_path / "sst2")) == [" negative", " positive"]
+    with pytest.raises(ValueError, match="--task=sst2"):
+        compare.task_labels("e2e", str(tmp_path / "sst2"))
+    with pytest.raises(ValueError, match="labels"):
+        compare.task_labels("sst2", str(tmp_path))
+
+
+def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_runs_its_own(sst2_setup, tmp_path,
+                                                                                             tiny_config):
+    out = f"--out_dir={tmp_path}/cmp"
+    other = tiny_base(tmp_path, tiny_config, "other", seed=1)   # same shape and tokenizer, other weights
+    compare.main(sst2_setup + [out, "--methods=prefix"])
+    compare.main(sst2_setup + [out, "--methods=prefix", f"--base={other}"])
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    prints = {weights_fingerprint(load_model(p)[0]) for p in (sst2_setup[0].split("=", 1)[1], other)}
+    assert len(rows) == 2 and {r["base_fingerprint"] for r in rows} == prints and len(prints) == 2
+    assert all(r["base_fingerprint"] in r["cell"] and "|sst2|" in r["cell"] for r in rows)
+    compare.main(sst2_setup + [out, "--methods=prefix", f"--base={other}"])   # and each base's cells are reused
+    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2
+
+
+def test_two_bases_give_the_base_budget_table_a_line_each_with_the_share_of_the_gap_prefix_closes(
+        sst2_setup, tmp_path, tiny_config):
+    bases = [sst2_setup[0].split("=", 1)[1], tiny_base(tmp_path, tiny_config, "longer", seed=1, iters=40)]
+    # --sizes=0 and --p_sweep=n_prefix: the main grid's cells are the first base's line, run once
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,ft", f"--bases={','.join(bases)}"])
+    md = (tmp_path / "cmp" / "results.md").read_text()
+    budget = md[md.index("Base budget"):].splitlines()
+    header = next(line for line in budget if line.startswith("| base |"))
+    assert "prefix: val loss" in header and "ft: val loss" in header and "% of the base→FT gap closed" in header
+    lines = [line for line in budget if line.startswith("| ") and line != header]
+    assert [line.split(" | ")[0][2:] for line in lines] == bases and "| 40 |" in lines[1]
+    for line in lines:   # ft beats a random base within 3 steps: every line has a share, a number
+        float(line.split(" | ")[-1].split(" ± ")[0])
+    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2 * 2   # 2 methods on each of 2 bases
+    assert (tmp_path / "cmp" / "results_bases.png").stat().st_size > 0
+
+
+def test_the_gap_closed_is_the_share_of_base_minus_ft_per_seed():
+    rows = [{"method": "ft", "seed": 0, "val_loss": 1.0}, {"method": "prefix", "seed": 0, "val_loss": 1.5},
+            {"method": "ft", "seed": 1, "val_loss": 1.2}, {"method": "prefix", "seed": 1, "val_loss": 1.2},
+            {"method": "prefix", "seed": 2, "val_loss": 1.9}]   # seed 2 has no ft: no gap to compare with
+    assert compare.gap_closed(rows, "prefix", 2.0) == [50.0, 100.0]
+    assert compare.gap_closed(rows, "prefix", 0.9) == []          # ft never beat the base: no gap
+
+
+def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare.py", *sst2_setup, f"--out_dir={tmp_path}/cmp", "--methods=prefix",
+                                      f"--bases={sst2_setup[0].split('=', 1)[1]},{tmp_path}/no_such/best.pt"])
+    with pytest.raises(SystemExit) as exit_:
+        main_guard(compare.main)   # as the script runs it
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--bases" in err and "no_such/best.pt" in err and "not found" in err, err
+    assert "so far" not in out and not (tmp_path / "cmp").exists()
