@@ -1,16 +1,24 @@
 """
-demo.py — the main job, end to end on a CPU in a few minutes (`make demo` runs it):
+demo.py — the main job, end to end on a CPU in minutes (`make demo` runs it): one frozen base model,
+three tasks, a small prefix for each, and full fine-tuning of the same base beside every prefix.
 
-  1. prepare E2E (restaurant meaning representation → sentence), split by MR
-  2. prepare the pretraining corpus: Tiny Shakespeare + 4 copies of the *unlabelled* sentences of E2E's
-     train split (so the byte-level base can read restaurant English; no MR, no val/test text)
-  3. pretrain a small GPT                                      (train.py)
-  4. freeze it; train a prefix (prefix tuning) and a soft prompt (prompt tuning) on E2E
-  5. score the test MRs: BLEU of the frozen base without and with each prefix
-  6. samples: the base, and both prefixes, in one mixed batch   (sample.py)
+  1. prepare the data: E2E (restaurant attributes → a sentence) and SST-2 (movie-review sentences)
+  2. prepare the pretraining corpus: Tiny Shakespeare, SST-2's train sentences *without* labels, and
+     E2E's train sentences each followed by its attributes ("<sentence> Facts: name[...], ...": text →
+     data, the reverse of the task, so the base learns to carry names across a line)
+  3. pretrain a small GPT                                                  (train.py)
+  4. for each task: freeze the base and train a prefix; fine-tune a copy of the whole base for the
+     same number of steps                                                  (finetune_prefix.py)
+       e2e        attributes → restaurant description (a conditional task; BLEU-4 on test MRs)
+       sentiment  movie-review sentence → " positive" / " negative"  (accuracy on SST-2's dev set)
+       review     "Positive review:" / "Negative review:" → a review of that sentiment
+  5. scores on held-out data: the base alone, the base with the task's prefix, the fine-tuned model
+                                                                           (evaluate.py)
+  6. all three prefixes (and the base alone) serve one mixed batch, each row its own task (sample.py)
 
 Every step is one of the project's own commands, printed before it runs, so each can be rerun alone.
-The demo's folders (data/e2e, data/demo, out/demo by default) are its own and are rebuilt each time.
+The demo's folders (data/e2e, data/sst2, data/demo, out/demo by default) are its own and are rebuilt.
+`--long` trains longer for better numbers (the README's second table); `--quick` checks the pipeline.
 """
 import json
 import re
@@ -18,87 +26,145 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cli import main_guard, parse
+from cli import main_guard, parse, setting
+
+# task: (data folder, file stem, the prefix's settings, how its test split is scored, a sample request)
+TASKS = {
+    "e2e": ("e2e", "", "config/finetune_e2e.toml", "generate",
+            "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside] ||"),
+    "sentiment": ("sst2", "", "config/finetune_sst2.toml", "classify",
+                  "a gorgeous , witty , seductive movie . Sentiment:"),
+    "review": ("sst2", "review_", "config/finetune_review.toml", "loss", "Positive review:"),
+}
 
 
 @dataclass
 class DemoConfig:
     out_dir: str = "out/demo"
-    data_dir: str = "data"         # E2E goes to <data_dir>/e2e, the pretraining corpus to <data_dir>/demo
+    data_dir: str = "data"         # data/e2e, data/sst2, and the pretraining corpus in data/demo
     pretrain_config: str = "config/demo_pretrain.toml"
-    finetune_config: str = "config/finetune_e2e.toml"
-    task_text_copies: int = 4      # copies of E2E's training sentences in the pretraining corpus
-    beam: int = 1                  # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
+    tasks: list[str] = setting(list(TASKS), choices=tuple(TASKS))
+    pretrain_iters: int = setting(900, min=1) # pretraining steps of the base
+    steps: int = setting(100, min=1)          # tuning steps, the same for a prefix and for fine-tuning
+    ft_learning_rate: float = setting(1e-3, gt=0.0)   # full fine-tuning (the prefixes' rates are in their TOML)
+    facts_copies: int = setting(3, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
+    test_prompts: int = setting(50, min=1)    # E2E test MRs decoded for BLEU
+    beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
+    long: bool = False             # pretrain_iters 3600 and steps 400 (about 30 minutes), unless given
     quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
 
 
-def run(cmd: list[str], capture=False) -> str:
+def run(cmd: list[str]) -> str:
+    """Run one of the project's commands, echoing it and its output as it comes (pretraining takes
+    minutes: its progress lines should show); stop the demo if it fails. Returns what it printed."""
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    if capture:
-        res = subprocess.run(cmd, text=True, capture_output=True)
-        sys.stdout.write(res.stdout)
-    else:
-        res = subprocess.run(cmd, text=True)
-    if res.returncode != 0:
-        if capture:
-            sys.stderr.write(res.stderr)
-        raise SystemExit(f"demo: step failed (exit {res.returncode}): {' '.join(cmd)}")
-    return res.stdout if capture else ""
+    lines = []
+    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE) as proc:   # stderr goes straight through
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return "".join(lines)
+
+
+def gap_closed(base: float, prefix: float, ft: float) -> float | None:
+    """How much of the way from the base alone to fine-tuning the prefix goes, in % (on val loss)."""
+    return None if base - ft <= 0 else 100 * (base - prefix) / (base - ft)
+
+
+def names_copied(completions: list[dict]) -> float:
+    """% of E2E outputs that name the restaurant given in the input (name[...] of the MR)."""
+    hits = [m.group(1) in c["completion"] for c in completions
+            if (m := re.search(r"name\[([^\]]+)\]", c["prompt"]))]
+    return 100 * sum(hits) / max(len(hits), 1)
 
 
 def main(argv):
     cfg = DemoConfig()
-    parse(argv, cfg, prog="demo.py", description=__doc__.split("\n\n")[0])
-    py = sys.executable
-    out = cfg.out_dir
-    t0 = time.time()
-    quick_pre = ["--max_iters=30", "--eval_interval=30", "--log_interval=10"] if cfg.quick else []
-    quick_ft = ["--max_iters=20", "--eval_interval=20", "--log_interval=10", "--eval_examples=64"] if cfg.quick else []
-    quick_eval = ["--max_examples=5", "--max_new_tokens=40"] if cfg.quick else []
+    seen = parse(argv, cfg, prog="demo.py", description=__doc__.split("\n\n")[0])
+    if cfg.long:   # 4 × the pretraining and the tuning, except what was set explicitly
+        cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=3600, steps=400).items() if k not in seen})
+    py, out, t0 = sys.executable, cfg.out_dir, time.time()
+    pre = [f"--max_iters={cfg.pretrain_iters}", f"--lr_decay_iters={cfg.pretrain_iters}",
+           f"--eval_interval={max(cfg.pretrain_iters // 2, 1)}"]
+    steps = 15 if cfg.quick else cfg.steps
+    if cfg.quick:
+        pre = ["--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--log_interval=10"]
+    tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
+            "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
+    limit = ["--max_examples=5"] if cfg.quick else []
 
-    e2e, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/demo"
+    e2e, sst2, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/sst2", f"{cfg.data_dir}/demo"
     run([py, "data/e2e/prepare.py", "--out_dir", e2e])
-    # E2E's training sentences 4 times (1.8 MB) beside Shakespeare (1.1 MB), so that in 2-3 minutes of
-    # CPU the base learns to spell restaurant English. Measured with an earlier base (800 steps at lr
-    # 2e-3): twice gave half the prefix's BLEU; 8 times let the base alone reach 10.9 BLEU, and the
-    # prefix added only 0.3 to that.
-    run([py, "data/shakespeare/prepare.py", "--out_dir", corpus]
-        + ["--extra_text", f"{e2e}/train_text.txt"] * cfg.task_text_copies)
-    run([py, "train.py", cfg.pretrain_config, f"--data_dir={corpus}", f"--out_dir={out}/base", "--overwrite"]
-        + quick_pre)
+    run([py, "data/sst2/prepare.py", "--out_dir", sst2])
+    run([py, "data/shakespeare/prepare.py", "--out_dir", corpus, "--extra_text", f"{sst2}/train_text.txt"]
+        + ["--extra_text", f"{e2e}/train_facts.txt"] * cfg.facts_copies)
+    run([py, "train.py", cfg.pretrain_config, f"--data_dir={corpus}", f"--out_dir={out}/base", "--overwrite"] + pre)
     base = f"{out}/base/best.pt"
-    for method in ("prefix", "prompt"):
-        run([py, "finetune_prefix.py", cfg.finetune_config, f"--base={base}", f"--train_file={e2e}/train.jsonl",
-             f"--val_file={e2e}/val.jsonl", f"--out_dir={out}/e2e_{method}", f"--method={method}", "--overwrite"]
-            + quick_ft)
 
-    # the base alone and both prefixes, scored in one run: greedy decoding puts all three in mixed batches
-    text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", "--with_base",
-                f"--prefix={out}/e2e_prefix/prefix.pt,{out}/e2e_prompt/prefix.pt", f"--data={e2e}/test.jsonl",
-                f"--beam={cfg.beam}", f"--out={out}/completions.jsonl", "--overwrite"] + quick_eval, capture=True)
-    bleu = {name: float(re.search(rf"{re.escape(label)} +BLEU-4 ([0-9.]+)", text).group(1))
-            for name, label in (("base", "no prefix"), ("prefix", "e2e_prefix/prefix.pt"),
-                                ("prompt", "e2e_prompt/prefix.pt"))}
-    n_prompts = re.search(r"over (\d+) prompts", text).group(1)
+    rows, requests = [], []
+    for task in cfg.tasks:
+        folder, stem, toml, scoring, request = TASKS[task]
+        data = lambda split: f"{cfg.data_dir}/{folder}/{stem}{split}.jsonl"  # noqa: E731
+        files = [f"--train_file={data('train')}", f"--val_file={data('val')}", "--overwrite"]
+        run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix"] + files + tune)
+        run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_ft", "--method=ft",
+             f"--learning_rate={cfg.ft_learning_rate}", f"--min_lr={cfg.ft_learning_rate / 10}"] + files + tune)
+        prefix, tuned = f"{out}/{task}_prefix/prefix.pt", f"{out}/{task}_ft/model.pt"
+        summary = {m: json.load(open(f"{out}/{task}_{m}/summary.json", encoding="utf-8")) for m in ("prefix", "ft")}
+        row = {"task": task, "trainable": summary["prefix"]["trainable"], "percent": summary["prefix"]["percent"],
+               "base": summary["prefix"]["val_loss_base"], "prefix": summary["prefix"]["best_val_loss"],
+               "ft": summary["ft"]["best_val_loss"]}
+        test = data("test")
+        if scoring == "generate":     # BLEU on test MRs: the base alone and the prefix in mixed batches
+            n = ["--max_examples=5"] if cfg.quick else [f"--max_examples={cfg.test_prompts}"]
+            text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
+                        f"--data={test}", f"--beam={cfg.beam}", f"--out={out}/{task}_completions.jsonl",
+                        "--overwrite"] + n)
+            text += run([py, "evaluate.py", "--mode=generate", f"--ckpt={tuned}", f"--data={test}",
+                         f"--beam={cfg.beam}", f"--out={out}/{task}_ft_completions.jsonl", "--overwrite"] + n)
+            scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
+            row["metric"], row["scores"] = "BLEU-4", scores
+            base_and_prefix, tuned_rows = ([json.loads(line) for line in open(path, encoding="utf-8")]
+                                           for path in (f"{out}/{task}_completions.jsonl",
+                                                        f"{out}/{task}_ft_completions.jsonl"))
+            row["names"] = [names_copied([c for c in base_and_prefix if c["prefix"] == "no prefix"]),
+                            names_copied([c for c in base_and_prefix if c["prefix"] != "no prefix"]),
+                            names_copied(tuned_rows)]
+        elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
+            text = run([py, "evaluate.py", "--mode=classify", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
+                        f"--data={test}"] + limit)
+            text += run([py, "evaluate.py", "--mode=classify", f"--ckpt={tuned}", f"--data={test}"] + limit)
+            row["metric"], row["scores"] = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
+        else:                         # loss on the test reviews
+            text = run([py, "evaluate.py", "--mode=loss", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
+                        f"--data={test}"] + limit)
+            text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + limit)
+            row["metric"], row["scores"] = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
+        rows.append(row)
+        requests.append({"prefix": prefix, "prompt": request})
+    requests.append({"prefix": "", "prompt": TASKS[cfg.tasks[0]][4]})   # the base alone, for contrast
 
-    mr = "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside] ||"
-    run([py, "sample.py", f"--ckpt={base}", f"--prefix={out}/e2e_prefix/prefix.pt,{out}/e2e_prompt/prefix.pt",
-         "--with_base", f"--prompt={mr}", "--num_samples=1", "--temperature=0", "--stop_at_eot",
+    path = f"{out}/requests.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in requests)
+    run([py, "sample.py", f"--ckpt={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
-    summaries = {}
-    for name in ("prefix", "prompt"):
-        with open(f"{out}/e2e_{name}/summary.json", encoding="utf-8") as f:
-            summaries[name] = json.load(f)
-    print(f"\n=== E2E, one frozen base: loss on the val completions (nats per byte), BLEU-4 on the "
-          f"{n_prompts} test MRs by {'greedy decoding' if cfg.beam == 1 else f'beam {cfg.beam}'} ===")
-    print(f"{'':16} {'trainable parameters':>22}   {'val loss':>8}   {'BLEU-4':>6}")
-    print(f"{'base, no prefix':16} {'0':>22}   {summaries['prefix']['val_loss_base']:8.3f}   {bleu['base']:6.2f}")
-    for name, summary in summaries.items():
-        params = f"{summary['trainable']:,} ({summary['percent']:.2f}%)"
-        print(f"{name + ' tuning':16} {params:>22}   {summary['best_val_loss']:8.3f}   {bleu[name]:6.2f}")
+    print(f"\n=== one frozen base, {len(rows)} tasks: val loss (per byte) of the base alone, with the task's "
+          f"prefix, and fine-tuned for the same {steps} steps ===")
+    print(f"{'task':10} {'prefix parameters':>18} {'base':>6} {'prefix':>7} {'FT':>6} {'gap closed':>10}   "
+          f"test: base / prefix / FT")
+    for r in rows:
+        gap = gap_closed(r["base"], r["prefix"], r["ft"])
+        scores = " / ".join(f"{s:.2f}" for s in r["scores"])
+        extra = f" | names the restaurant: {' / '.join(f'{n:.0f}%' for n in r['names'])}" if "names" in r else ""
+        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {r['prefix']:7.3f} "
+              f"{r['ft']:6.3f} {'n/a' if gap is None else f'{gap:.0f}%':>10}   {r['metric']} {scores}{extra}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 

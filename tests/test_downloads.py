@@ -268,25 +268,30 @@ def test_shakespeare_falls_back_in_one_line_when_the_download_fails(server, tmp_
 @pytest.mark.slow
 def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path):
     """`make demo` in its --quick form, on small hand-made data served from 127.0.0.1. demo.py passes no
-    --url: the environment alone must carry the mirror to both prepare scripts."""
+    --url: the environment alone must carry the mirrors to the three prepare scripts."""
     server.files["/e2e.zip"] = e2e_release()
     server.files["/input.txt"] = CORPUS.encode("utf-8")
+    # SST-2 holds out 1,000 train lines as val, and review writing trains on sentences of 8 words or more
+    words = ["a", "fine", "film", "about", "love", "and", "loss", "that", "never", "quite", "works", "."]
+    train = "".join(f"{' '.join(words[:8 + i % 4])} {i}\t{i % 2}\n" for i in range(1100))
+    server.files["/sst2.zip"] = zip_of({"SST-2/train.tsv": "sentence\tlabel\n" + train,
+                                        "SST-2/dev.tsv": "sentence\tlabel\na dull , tired film .\t0\n"
+                                                         "a warm and funny film .\t1\n"})
     env = {**os.environ, "PREFIXGPT_E2E_URL": server.url + "/e2e.zip",
-           "PREFIXGPT_SHAKESPEARE_URL": server.url + "/input.txt"}
+           "PREFIXGPT_SHAKESPEARE_URL": server.url + "/input.txt", "PREFIXGPT_SST2_URL": server.url + "/sst2.zip"}
     res = subprocess.run([sys.executable, "demo.py", "--quick", f"--out_dir={tmp_path}/out",
                           f"--data_dir={tmp_path}/data"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-    assert sorted(server.hits) == ["/e2e.zip", "/input.txt"]
+    assert sorted(server.hits) == ["/e2e.zip", "/input.txt", "/sst2.zip"]
     assert json.loads((tmp_path / "data" / "demo" / "meta.json").read_text())["source"] == server.url + "/input.txt"
     assert "demo finished" in res.stdout
     out = res.stdout
-    assert out.count("bit-identical") == 2                                  # both tunings left the base alone
-    for label in ("[no prefix]", "[e2e_prefix/prefix.pt]", "[e2e_prompt/prefix.pt]"):
-        assert out.count(label) == 2                                        # in evaluate's and in sample's output
-    number = r"\s+\d+\.\d+"
-    assert re.search(r"base, no prefix\s+0" + number * 2, out)
-    assert re.search(r"prefix tuning\s+[\d,]+ \([\d.]+%\)" + number * 2, out)
-    assert re.search(r"prompt tuning\s+[\d,]+ \([\d.]+%\)" + number * 2, out)
-    rows = [json.loads(line) for line in open(tmp_path / "out" / "completions.jsonl", encoding="utf-8")]
-    assert [r["prefix"] for r in rows] == ["no prefix"] * 4 + ["e2e_prefix/prefix.pt"] * 4 + ["e2e_prompt/prefix.pt"] * 4
+    assert out.count("bit-identical") == 3                    # the three prefixes left the base alone
+    requests = out[out.index("sample.py"):]
+    for label in ("[no prefix]", "[e2e_prefix/prefix.pt]", "[sentiment_prefix/prefix.pt]", "[review_prefix/prefix.pt]"):
+        assert label in requests                              # one mixed batch serves every task
+    loss = r"\s+\d+\.\d+"
+    for task in ("e2e", "sentiment", "review"):               # base, prefix and FT side by side, and the gap
+        assert re.search(rf"{task}\s+[\d,]+ \([\d.]+%\)" + loss * 3 + r"\s+(-?\d+%|n/a)", out), out[-2000:]
+    assert re.search(r"names the restaurant: \d+% / \d+% / \d+%", out)

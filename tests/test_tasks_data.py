@@ -88,6 +88,11 @@ def test_e2e_cli_writes_jsonl_text_and_meta(tmp_path, monkeypatch):
     assert read_lines(out / "train_text.txt") == train_refs
     held_out = {ex["completion"][1:] for s in ("val", "test") for ex in read_jsonl(out / f"{s}.jsonl")}
     assert not held_out & set(train_refs)
+    # train_facts: each train reference then its own MR (the task reversed); no val or test MR in it
+    facts = read_lines(out / "train_facts.txt")
+    assert facts == [f"{ex['completion'][1:]} Facts: {ex['prompt'][:-3]}" for ex in read_jsonl(out / "train.jsonl")]
+    held_out_mrs = {ex["prompt"][:-3] for s in ("val", "test") for ex in read_jsonl(out / f"{s}.jsonl")}
+    assert not any(line.split(" Facts: ")[1] in held_out_mrs for line in facts)
     on_disk = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert on_disk["seed"] == 1337 and on_disk["splits"]["val"]["mrs"] == 2
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # atomic writes cleaned up
@@ -174,6 +179,13 @@ def test_sst2_cli(tmp_path, monkeypatch, train_header):
     assert read_lines(out / "train_text.txt") == sentences(train)  # train only, no labels
     assert not set(sentences(val)) & set(sentences(train))
     assert json.loads((out / "meta.json").read_text(encoding="utf-8"))["splits"]["val"]["lines"] == 3
+    # review writing: the same lines, the label as input; train keeps sentence-like lines only
+    for name, rows in (("train", train), ("val", val), ("test", test)):
+        reviews = read_jsonl(out / f"review_{name}.jsonl")
+        kept = [ex for ex in rows if name != "train" or len(ex["prompt"].split()) - 1 >= sst2.REVIEW_MIN_WORDS]
+        assert [(r["prompt"], r["completion"], r["label"]) for r in reviews] == [
+            (sst2.REVIEW_PROMPTS[ex["label"]], " " + ex["prompt"][:-len(" Sentiment:")], ex["label"]) for ex in kept]
+    assert sst2.REVIEW_PROMPTS == ["Negative review:", "Positive review:"]
 
 
 def test_sst2_val_never_shares_a_sentence_with_train():

@@ -9,6 +9,9 @@ Prepare the E2E NLG task (restaurant meaning representation -> English sentence)
 Writes to --out_dir (default data/e2e):
     train.jsonl, val.jsonl, test.jsonl   one line per reference: {"prompt": "<mr> ||", "completion": " <ref>"}
     train_text.txt                       the train references, one per line (unlabelled text to pretrain on)
+    train_facts.txt                      each train reference followed by its MR: "<ref> Facts: <mr>" (text →
+                                         data, the task reversed: pretraining text that carries names
+                                         across a line; make demo pretrains on it)
     meta.json                            where the data came from, split sizes, seed
 
 Every MR has several human references. They all get the same prompt, which is how the BLEU
@@ -98,6 +101,13 @@ def to_example(mr: str, ref: str) -> dict:
     return {"prompt": f"{mr} ||", "completion": f" {ref}"}
 
 
+def to_facts(mr: str, ref: str) -> str:
+    """A reference, then the attributes it states: the reverse of the task (sentence → MR). A base that
+    reads these learns that a name in one part of a line comes back in another, the skill the task
+    (MR → sentence) needs, without ever seeing the task's direction or any val/test MR."""
+    return f"{ref} Facts: {mr}\n"
+
+
 def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
     os.makedirs(out_dir, exist_ok=True)
@@ -109,6 +119,7 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
         meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows})}
     # only train text: pretraining on val/test references would leak the answers into the base model
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
+    write_atomic(os.path.join(out_dir, "train_facts.txt"), "".join(to_facts(mr, ref) for mr, ref in splits["train"]))
     write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 

@@ -10,6 +10,10 @@ Splits: train.tsv -> train and a seeded held-out val (--val_size lines); dev.tsv
 (GLUE's own test set has no labels). Writes to --out_dir (default data/sst2):
     train.jsonl, val.jsonl, test.jsonl   {"prompt": "<sentence> Sentiment:", "completion": " positive", "label": 1}
     train_text.txt                       the train sentences without labels, one per line
+    review_{train,val,test}.jsonl        the other direction, review writing steered by the label:
+                                         {"prompt": "Positive review:", "completion": " <sentence>", "label": 1}
+                                         (train keeps lines of REVIEW_MIN_WORDS words or more: SST-2's
+                                         train file is mostly phrases, not sentences)
     meta.json                            "labels": [" negative", " positive"] (index = label), sizes, seed
 """
 import json
@@ -88,6 +92,15 @@ def to_example(sentence: str, label: int) -> dict:
     return {"prompt": f"{sentence} Sentiment:", "completion": LABELS[label], "label": label}
 
 
+REVIEW_PROMPTS = ["Negative review:", "Positive review:"]   # index = label
+REVIEW_MIN_WORDS = 8
+
+
+def to_review(sentence: str, label: int) -> dict:
+    """Review writing: the label is the input, the sentence the output (the classifier's task reversed)."""
+    return {"prompt": REVIEW_PROMPTS[label], "completion": f" {sentence}", "label": label}
+
+
 def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
     """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
     os.makedirs(out_dir, exist_ok=True)
@@ -98,6 +111,11 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
         write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
         # the label counts give the majority-class baseline that any accuracy should beat
         meta["splits"][name] = {"lines": len(rows), "per_label": [sum(y == k for _, y in rows) for k in (0, 1)]}
+        # a phrase of a few words is not a review: train only on sentence-like lines (val and test
+        # keep every line, so that they stay the classifier's held-out lines)
+        reviews = [(s, y) for s, y in rows if name != "train" or len(s.split()) >= REVIEW_MIN_WORDS]
+        write_atomic(os.path.join(out_dir, f"review_{name}.jsonl"),
+                     "".join(json.dumps(to_review(s, y), ensure_ascii=False) + "\n" for s, y in reviews))
     # only train sentences: val/test text in pretraining would be a (mild) leak
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(s + "\n" for s, _ in splits["train"]))
     write_json(os.path.join(out_dir, "meta.json"), meta)
