@@ -67,6 +67,7 @@ DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt 
     "e2e": "Describe the restaurant in one sentence, using every attribute given.\n",
     "sst2": "Say whether each movie review is positive or negative.\n",
 }
+INIT_TEXT = {"e2e": "name eatType food area near", "sst2": "the movie review is positive or negative"}   # --init=text
 SCORES = {"e2e": {"bleu": "BLEU-4"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
 
 
@@ -83,6 +84,7 @@ class CompareConfig:
     sizes: list[int] = setting([50, 100, 200, 500, 0], min=0)   # training examples; 0 = all
     p_sweep: list[int] = setting([1, 5, 10, 20, 50], min=1)     # prefix lengths tried (prefix, all data)
     n_prefix: int = setting(10, min=1)
+    init: str = setting("random", choices=("random", "text"))   # prefix/prompt start: random, or INIT_TEXT's words
     steps: int = setting(150, min=1)
     batch_size: int = setting(16, min=1)
     lr_grid: bool = True            # pick each method's learning rate on val; false: the grid's middle value
@@ -193,7 +195,7 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
     model, n_base, data = copy.deepcopy(b.model), b.model.num_params(non_embedding=False), b.data
     attach(method, model)
     settings = TuneSettings(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
-                            eval_interval=max(cfg.steps // 3, 1))
+                            eval_interval=max(cfg.steps // 3, 1), init=cfg.init, init_text=INIT_TEXT[cfg.task])
     prefix = make_prefix(settings, model, b.tokenizer, rt.device) if method in PREFIX_METHODS else None
     trainable = prefix if prefix is not None else model
     best_state = {}
@@ -217,7 +219,8 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
     """One grid cell: its row from results.jsonl, or run now and appended there. The key holds all that
     made the row, the task and the base's weights too: another base or task in the same out_dir runs its
     own cells instead of reading these."""
-    key = f"run|{cfg.task}|{b.fingerprint}|{method}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
+    init = "" if cfg.init == "random" or method not in PREFIX_METHODS else "|init=text"   # old keys stay valid
+    key = f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
     if key not in results.rows:
         row = run_cell(cfg, rt, b, method, seed, size, lr, p)
         results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,

@@ -170,3 +170,19 @@ def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_
     assert exit_.value.code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "--bases" in err and "no_such/best.pt" in err and "not found" in err, err
     assert "so far" not in out and not (tmp_path / "cmp").exists()
+
+
+def test_init_text_starts_prefixes_from_words_and_keeps_its_own_cells(sst2_setup, tmp_path, monkeypatch):
+    """--init=text: a prefix starts as the base's own keys/values of INIT_TEXT's words (the cell passes the
+    words to tuning.make_prefix), and its cells are keyed apart from random-init ones."""
+    seen = []
+    real = compare.make_prefix
+    monkeypatch.setattr(compare, "make_prefix", lambda s, *a: seen.append((s.init, s.init_text)) or real(s, *a))
+    out = f"--out_dir={tmp_path}/cmp"
+    compare.main(sst2_setup + [out, "--methods=prefix"])
+    compare.main(sst2_setup + [out, "--methods=prefix", "--init=text"])
+    assert seen == [("random", compare.INIT_TEXT["sst2"]), ("text", compare.INIT_TEXT["sst2"])]
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    assert len(rows) == 2 and "|prefix|init=text|" in rows[1]["cell"] and "init=text" not in rows[0]["cell"]
+    compare.main(sst2_setup + [out, "--methods=prefix", "--init=text"])       # reused, not rerun
+    assert len(seen) == 2
