@@ -96,7 +96,8 @@ def main(argv):
     n_frozen = check_frozen_unchanged(originals, cfg.base)
     write_json(os.path.join(cfg.out_dir, "summary.json"), {**best, "trainable": counts["trainable"],
                                                            "percent": counts["percent"], "method": cfg.method})
-    print(f"base weights unchanged: all {n_frozen} frozen tensors bit-identical to {cfg.base}")
+    print(f"base weights unchanged: all {n_frozen} frozen tensors bit-identical to {cfg.base}" if n_frozen else
+          f"{cfg.method}: every tensor of the base trained (none frozen to check); the base file is untouched")
     print(f"done: {best['iters']} iterations in {best['seconds']:.1f} s | val loss: base alone "
           f"{best['val_loss_base']:.4f}, with {cfg.method} {best['best_val_loss']:.4f} (best, at iteration "
           f"{best['best_iter']}) | saved {path}")

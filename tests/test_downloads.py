@@ -287,7 +287,8 @@ def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path):
     assert json.loads((tmp_path / "data" / "demo" / "meta.json").read_text())["source"] == server.url + "/input.txt"
     assert "demo finished" in res.stdout
     out = res.stdout
-    assert out.count("bit-identical") == 3                    # the three prefixes left the base alone
+    assert len(re.findall(r"all [1-9]\d* frozen tensors bit-identical", out)) == 3   # three prefixes left the base alone
+    assert out.count("every tensor of the base trained") == 3                      # and three fine-tunings
     requests = out[out.index("sample.py"):]
     for label in ("[no prefix]", "[e2e_prefix/prefix.pt]", "[sentiment_prefix/prefix.pt]", "[review_prefix/prefix.pt]"):
         assert label in requests                              # one mixed batch serves every task
