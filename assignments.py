@@ -3,15 +3,12 @@ assignments.py — the course assignments, made from the project itself: what ea
 solution regions marked in the code, the student copy, and the grader's bookkeeping. make_assignment.py and
 grade.py are thin command lines over this module. It knows nothing about models.
 
-A solution region is a block of the project's working code between two comment lines:
-
-    # BEGIN SOLUTION A2.1: a one-line hint for the student
-    ...the working code, unchanged...
-    # END SOLUTION
-
-In a student copy, a region of a selected task becomes `raise NotImplementedError("A2.1: <hint>")` at the
-BEGIN line's indentation; every other region keeps its code, and its two marker lines go. So the solution
-repository is this project: what a student rebuilds is exactly what the tests and the scripts run.
+A solution region is a block of the project's working code between two comment lines, a first one
+`# BEGIN SOLUTION A2.1: a one-line hint for the student` and a last one `# END SOLUTION`, each alone on its
+line (this docstring writes them inside sentences, so that it holds no marker itself). In a student copy,
+a region of a selected task becomes `raise NotImplementedError("A2.1: <hint>")` at the BEGIN line's
+indentation; every other region keeps its code, and its two marker lines go. So the solution repository
+is this project: what a student rebuilds is exactly what the tests and the scripts run.
 
 A task's tests carry its pytest marker (a1 … a8). They may also run code of the tasks it builds on
 (BUILDS_ON): a mixed batch of prefixes needs A1's mask. A copy for a task keeps every other task's
@@ -68,7 +65,8 @@ class Region:
 
     def stub(self) -> str:
         """What a selected region becomes: one line, at the BEGIN line's indentation."""
-        return f"{self.indent}raise NotImplementedError({f'{self.id}: {self.hint}'!r})\n"
+        message = json.dumps(f"{self.id}: {self.hint}", ensure_ascii=False)   # a valid Python string literal too
+        return f"{self.indent}raise NotImplementedError({message})\n"
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -217,7 +215,7 @@ def make_copy(root: str, out: str, tasks) -> dict:
     with open(os.path.join(out, ASSIGNMENT_FILE), "w", encoding="utf-8") as f:
         json.dump({"tasks": list(tasks)}, f)
         f.write("\n")
-    return {t: [r.id for r in regions if r.task == t] for t in tasks}
+    return {t: sorted(r.id for r in regions if r.task == t) for t in tasks}
 
 
 def assigned_tasks(root: str) -> list[str]:

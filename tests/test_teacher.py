@@ -56,8 +56,8 @@ def test_a_selected_region_becomes_a_stub_at_its_indentation_and_the_others_lose
     assert [(r.id, r.task, r.hint, r.indent, r.begin, r.end) for r in regions] == [
         ("A1.1", "A1", "return twice y", "    ", 6, 9), ("A2.1", "A2", 'say "hi"', "    ", 13, 15)]
     text = student_text(MODULE, regions, ["A1"])
-    assert text == ('"""a module."""\n\n\ndef f(x):\n    y = x + 1\n    raise NotImplementedError(\'A1.1: return '
-                    'twice y\')\n\n\ndef g():\n    return "hi"\n')
+    assert text == ('"""a module."""\n\n\ndef f(x):\n    y = x + 1\n    raise NotImplementedError("A1.1: return '
+                    'twice y")\n\n\ndef g():\n    return "hi"\n')
     space = {}
     exec(compile(text, "m.py", "exec"), space)
     with pytest.raises(NotImplementedError, match="A1.1: return twice y"):
