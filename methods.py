@@ -40,17 +40,21 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         """x (..., in) → (..., out)."""
+        # BEGIN SOLUTION A7.1: W₀x + (α/r)·B·A·x, applying A then B to x (never forming the (out, in) product)
         return self.base(x) + (self.alpha / self.r) * F.linear(F.linear(x, self.A), self.B)   # W₀x + (α/r)·B·A·x
+        # END SOLUTION
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """One plain Linear with W = W₀ + (α/r)·B·A: the same outputs, no extra cost at inference."""
+        # BEGIN SOLUTION A7.2: a new Linear with W = W₀ + (α/r)·B·A and W₀'s bias, frozen as W₀ was
         merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         merged = merged.to(self.base.weight.device)
         merged.weight.copy_(self.base.weight + (self.alpha / self.r) * self.B @ self.A)     # (out, in)
         if self.base.bias is not None:
             merged.bias.copy_(self.base.bias)
         return merged.requires_grad_(self.base.weight.requires_grad)
+        # END SOLUTION
 
 
 class Adapter(nn.Module):
@@ -65,7 +69,9 @@ class Adapter(nn.Module):
 
     def forward(self, y):
         """y (B, T, C) → (B, T, C)."""
+        # BEGIN SOLUTION A7.3: the bottleneck added to its input: y + W_up·GELU(W_down·y)
         return y + self.up(F.gelu(self.down(y)))
+        # END SOLUTION
 
 
 class AdaptedAttention(nn.Module):

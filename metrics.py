@@ -42,11 +42,13 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_n: int =
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
-    matches, totals = [0] * max_n, [0] * max_n
-    hyp_len = ref_len = 0
-    for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
+    for i, refs in enumerate(references):
         if isinstance(refs, str) or not refs:
             raise ValueError(f"references[{i}] must be a non-empty list of strings")
+    # BEGIN SOLUTION A8.1: clipped n-gram matches and totals summed over the corpus, closest reference lengths, BP
+    matches, totals = [0] * max_n, [0] * max_n
+    hyp_len = ref_len = 0
+    for hyp, refs in zip(hypotheses, references):
         h = tokenize(hyp, lowercase)
         rs = [tokenize(r, lowercase) for r in refs]
         hyp_len += len(h)
@@ -63,6 +65,7 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_n: int =
     log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
     brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
     return 100.0 * brevity * math.exp(log_precision)
+    # END SOLUTION
 
 
 def group_references(prompts: list[str], refs: list[str]) -> tuple[list[str], list[list[str]]]:

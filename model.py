@@ -77,6 +77,20 @@ def room_after(n_prefix: int, block_size: int) -> int:
     return block_size - n_prefix
 
 
+def token_positions(T: int, n_prefix: int, prefix_mask, device) -> torch.Tensor:
+    """Positions of T tokens that follow a prefix: (1, T), or (B, T) with a mask (mixed lengths).
+
+    The prefix occupies positions 0..n-1 and the tokens n..n+T-1, where n counts a row's *real* slots
+    (padding slots take no position), so every row is numbered as it would be alone."""
+    if n_prefix == 0 and prefix_mask is None:   # the plain model (P = 0 is exactly it)
+        return torch.arange(T, device=device)[None]
+    # BEGIN SOLUTION A1.3: tokens start after the row's real prefix slots: (1, T), or (B, T) with a mask
+    if prefix_mask is None:
+        return torch.arange(n_prefix, n_prefix + T, device=device)[None]                   # (1, T)
+    return prefix_mask.sum(dim=1, keepdim=True) + torch.arange(T, device=device)            # (B, T)
+    # END SOLUTION
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention with past (prefix or cache) keys and values: the one equation, two ways to compute it.
 
@@ -87,12 +101,14 @@ def attention_mask(T: int, P: int, prefix_mask: torch.Tensor | None, device) -> 
     (prefix_mask, or all P when it is None) and the current tokens up to itself. This is a causal mask
     aligned to the bottom-right corner: query t is the token at key index P+t.
     """
+    # BEGIN SOLUTION A1.1: each query sees every real prefix slot, then the tokens up to itself
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()           # (T, T)
     if prefix_mask is None:
         prefix_mask = torch.ones(1, P, dtype=torch.bool, device=device)         # (1, P)
     B = prefix_mask.size(0)
     prefix = prefix_mask[:, None, None, :].expand(B, 1, T, P)                   # (B, 1, T, P)
     return torch.cat([prefix, causal.expand(B, 1, T, T)], dim=-1)               # (B, 1, T, P+T)
+    # END SOLUTION
 
 
 def join_prefix(prefix_x, x):
@@ -100,6 +116,28 @@ def join_prefix(prefix_x, x):
     The prefix takes x's dtype: under bf16 autocast the tokens' keys are bf16 while a trained prefix is
     fp32, and attention kernels refuse a mix."""
     return torch.cat([prefix_x.to(x.dtype).expand(x.size(0), -1, -1, -1), x], dim=2)
+
+
+def attention_weights(q, k, prefix_k=None, prefix_mask=None):
+    """softmax(Q·[P_k; K]ᵀ/√d + M): how much each query takes from each key, prefix slots first.
+
+    q        : (B, nh, T, hd)   from the current tokens
+    k        : (B, nh, T, hd)   from the current tokens, or (B, nh, P+T, hd) when the past already sits in
+               front of them (a KVCache: then prefix_k is None)
+    prefix_k : (B or 1, nh, P, hd) or None
+    returns  : (B, nh, T, P+T), each row sums to 1; 0 where M forbids a key
+    Shared by the reference path and by analysis.py, which reads how much of it the prefix takes.
+    """
+    # BEGIN SOLUTION A1.2: join the prefix keys in front, scores over sqrt(hd), add M (-inf), softmax over keys
+    T, hd = q.size(2), q.size(3)
+    if prefix_k is not None:
+        k = join_prefix(prefix_k, k)                                            # [P_k; K] (B, nh, P+T, hd)
+    P = k.size(2) - T
+    allowed = attention_mask(T, P, prefix_mask, q.device)                      # (B|1, 1, T, P+T)
+    M = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + M                       # (B, nh, T, P+T)
+    return torch.softmax(scores, dim=-1)
+    # END SOLUTION
 
 
 def prefix_attention_reference(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout_p=0.0):
@@ -111,15 +149,9 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, prefix_mask=None, dr
     prefix_k, prefix_v : (B or 1, nh, P, hd) or None   prefix (learned, or a cache) keys and values
     returns            : (B, nh, T, hd)
     """
-    B, nh, T, hd = q.shape
-    if prefix_k is not None:
-        k = join_prefix(prefix_k, k)                                            # [P_k; K] (B, nh, P+T, hd)
-        v = join_prefix(prefix_v, v)                                            # [P_v; V]
-    P = k.size(2) - T
-    allowed = attention_mask(T, P, prefix_mask, q.device)                      # (B|1, 1, T, P+T)
-    M = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
-    scores = q @ k.transpose(-2, -1) / math.sqrt(hd) + M                       # (B, nh, T, P+T)
-    weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout_p)
+    if prefix_v is not None:
+        v = join_prefix(prefix_v, v)                                            # [P_v; V] (B, nh, P+T, hd)
+    weights = F.dropout(attention_weights(q, k, prefix_k, prefix_mask), p=dropout_p)   # (B, nh, T, P+T)
     return weights @ v                                                          # (B, nh, T, hd)
 
 
@@ -211,6 +243,7 @@ class KVCache:
         n, T = self.n, k.size(2)
         if n + T > self.capacity:
             raise ValueError(f"the cache holds {self.capacity} slots; {n} filled + {T} new do not fit")
+        # BEGIN SOLUTION A5.1: at first allocate, copy the prefix to slots 0..P-1; put k, v at n..n+T-1; return views
         if self.keys[layer] is None:
             # allocated at the first write, in the keys' own dtype (bf16 under autocast, where the
             # prefix may be fp32: the copy casts it, as join_prefix does)
@@ -224,6 +257,7 @@ class KVCache:
         K[:, :, n:n + T] = k
         V[:, :, n:n + T] = v
         return K[:, :, :n + T], V[:, :, :n + T]
+        # END SOLUTION
 
     def advance(self, T: int):
         """T new tokens are in every layer: count them as filled (and as real, in every row)."""
@@ -271,12 +305,17 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
+    def heads(self, x):
+        """x (B, T, C) → q, k, v, each (B, nh, T, hd). Also what analysis.py reads a layer's queries from."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)                                # 3 × (B, T, C)
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+
     def forward(self, x, prefix_kv: KV | None, prefix_mask, fast: bool):
         """x: (B, T, C) → (y (B, T, C), (k, v) of these T tokens, each (B, nh, T, hd)).
         prefix_kv here is this layer's one (key, value) pair, or its LayerCache when decoding."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)                                # 3 × (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.heads(x)
         present = (k, v)
         if isinstance(prefix_kv, LayerCache):
             # a cache: these keys/values go in place after the past, and attention gets [past; new]
@@ -397,11 +436,7 @@ class GPT(nn.Module):
         if n_prefix + T > self.config.block_size:
             raise ValueError(f"prefix length {n_prefix} + sequence length {T} = {n_prefix + T} exceeds "
                              f"block_size {self.config.block_size}: shorten the input or the prefix")
-        # Positions: the prefix occupies 0..n-1, the tokens n..n+T-1, where n counts a row's real slots.
-        if prefix_mask is None:
-            pos = torch.arange(n_prefix, n_prefix + T, device=tok_emb.device)[None]      # (1, T)
-        else:
-            pos = prefix_mask.sum(dim=1, keepdim=True) + torch.arange(T, device=tok_emb.device)  # (B, T)
+        pos = token_positions(T, n_prefix, prefix_mask, tok_emb.device)                  # (1 or B, T)
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))                  # (B, T, C)
         present = []
         for i, block in enumerate(self.transformer.h):

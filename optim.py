@@ -15,9 +15,11 @@ import torch.nn as nn
 def make_adamw(module: nn.Module, lr, weight_decay, betas=(0.9, 0.95), device_type="cpu"):
     """AdamW over the parameters that require grad only: matrices and embeddings decay, biases and
     LayerNorm gains do not (decaying a gain pulls it toward 0, which is not regularisation)."""
+    # BEGIN SOLUTION A6.2: only the parameters that require grad; matrices (dim >= 2) decay, the rest do not
     params = [p for p in module.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    # END SOLUTION
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]

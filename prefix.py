@@ -54,10 +54,12 @@ class PrefixTuning(nn.Module):
         """All layers' keys and values as one tensor (n_layer, 2, n_head, n_prefix, head_dim)."""
         if not self.reparam:
             return self.prefix
+        # BEGIN SOLUTION A2.1: P = MLP(P'), then lay each slot's L·2·C numbers out as (L, 2, nh, P, hd)
         c = self.config
         flat = self.mlp(self.prefix_input)                                   # (P, L·2·C)
         kv = flat.view(self.n_prefix, c.n_layer, 2, c.n_head, c.head_dim)   # (P, L, 2, nh, hd)
         return kv.permute(1, 2, 3, 0, 4)                                     # (L, 2, nh, P, hd)
+        # END SOLUTION
 
     def forward(self, model: GPT | None = None) -> list:
         _check_model(self.config, model)
@@ -70,9 +72,11 @@ class PrefixTuning(nn.Module):
         without reparameterisation is already folded: itself."""
         if not self.reparam:
             return self
+        # BEGIN SOLUTION A2.2: evaluate the MLP once into a new plain (reparam=False) prefix on the same device
         folded = PrefixTuning(self.config, self.n_prefix, reparam=False).to(self.prefix_input.device)
         folded.prefix.copy_(self.prefix_tensor())
         return folded
+        # END SOLUTION
 
     @torch.no_grad()
     def init_from_kv(self, prefix_kv, fit_steps: int = 300):
@@ -111,7 +115,9 @@ class PromptTuning(nn.Module):
 
     def forward(self, model: GPT) -> list:
         _check_model(self.config, model)
+        # BEGIN SOLUTION A3.1: the frozen model's own keys/values for the soft embeddings, a batch of one
         return model.key_values(embeds=self.soft_embeds.unsqueeze(0))                    # each (1, nh, P, hd)
+        # END SOLUTION
 
     def fold(self) -> "PromptTuning":
         """Nothing to fold: the soft embeddings are what is saved (so every prefix module has fold())."""
@@ -120,11 +126,13 @@ class PromptTuning(nn.Module):
     @torch.no_grad()
     def init_from_tokens(self, model: GPT, token_ids):
         """Start from the embeddings of real tokens (Lester et al.'s vocabulary init)."""
+        # BEGIN SOLUTION A3.2: copy the tokens' own input embeddings (wte) into soft_embeds; refuse a count other than P
         ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.soft_embeds.device)
         if ids.numel() != self.n_prefix:
             raise ValueError(f"{ids.numel()} init tokens for a prompt of n_prefix={self.n_prefix}")
         self.soft_embeds.copy_(model.transformer.wte(ids))
         return self
+        # END SOLUTION
 
 
 PREFIX_METHODS = ("prefix", "prefix-reparam", "prompt")
@@ -176,6 +184,7 @@ def batch_prefixes(prefix_kvs: list, rows: list[int] | None = None):
     n_layer = len(real[0])
     _, nh, _, hd = real[0][0][0].shape
     ref = real[0][0][0]
+    # BEGIN SOLUTION A4.1: zero-padded (B, nh, P_max, hd) keys/values per layer; mask True on each row's real slots
     lengths = [0 if p is None else p[0][0].size(2) for p in prefix_kvs]
     P_max = max(lengths)
     B = len(rows)
@@ -190,6 +199,7 @@ def batch_prefixes(prefix_kvs: list, rows: list[int] | None = None):
             out[layer][0][b, :, :n] = k[0]
             out[layer][1][b, :, :n] = v[0]
     return out, mask
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------------------------

@@ -178,11 +178,13 @@ def collate(examples: list[TaskExample], device="cpu"):
     x = torch.zeros(len(examples), T, dtype=torch.long)
     y = torch.full((len(examples), T), -1, dtype=torch.long)
     for b, e in enumerate(examples):
+        # BEGIN SOLUTION A6.1: inputs are the tokens but the last, targets the tokens but the first; no prompt targets
         seq = torch.tensor(e.tokens, dtype=torch.long)
         n = len(e.tokens) - 1
         x[b, :n] = seq[:-1]
         y[b, :n] = seq[1:]
         y[b, :max(e.n_prompt - 1, 0)] = -1   # target t predicts token t+1: prompt tokens are not targets
+        # END SOLUTION
     return x.to(device), y.to(device)
 
 

@@ -72,9 +72,11 @@ def test_a_bad_setting_is_refused_where_it_is_parsed(classes, flags, message):
 def test_every_numeric_setting_of_every_script_has_a_range():
     """A new setting gets its check by construction: a number without min/max/choices is a defect."""
     free = {"seed"}   # any integer seeds torch
+    from attention_mass import MassConfig
     from bench import BenchConfig
     from compare import CompareConfig
-    for cls in (TrainConfig, GPTConfig, FinetuneConfig, SampleConfig, EvalConfig, BenchConfig, CompareConfig):
+    for cls in (TrainConfig, GPTConfig, FinetuneConfig, SampleConfig, EvalConfig, BenchConfig, CompareConfig,
+                MassConfig):
         for f in cls.__dataclass_fields__.values():
             if f.type in (int, float, "int", "float", int | None, "int | None") and f.name not in free:
                 assert f.metadata, f"{cls.__name__}.{f.name} has no allowed range"

@@ -1,0 +1,41 @@
+"""
+grade.py — grade the course assignments: run each task's tests (pytest markers a1 … a8) and give points.
+
+    python grade.py                  # the tasks this copy was made for (assignment.json), or all of them
+    python grade.py --tasks A2,A8    # these tasks only
+    python grade.py --json           # one JSON object on stdout, for Gradescope or GitHub Classroom:
+                                     #   {"tasks": {"A1": {"points": x, "max": y, "passed": n, "failed": m,
+                                     #    "failures": [{"test": ..., "reason": ...}], ...}}, "total": ..., "max": ...}
+
+A task's points are its maximum (assignments.POINTS) times the share of its tests that passed. The tests
+run in this process, once for all the tasks asked for; with --json pytest's own lines go to stderr, so
+stdout holds the JSON alone. Exit status: 0 when every graded test passed, 1 otherwise (a bad command line
+too, after one line saying what is wrong).
+"""
+import json
+import os
+import sys
+
+from assignments import assigned_tasks, format_report, parse_tasks, run_tests, score
+from cli import main_guard
+from data.checks import Parser
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv) -> int:
+    parser = Parser(description="Run each assignment task's tests and give points.")
+    parser.add_argument("--tasks", help="comma-separated tasks, e.g. A1,A2 (default: this copy's assignment.json, "
+                                        "or every task)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    tasks = parse_tasks(args.tasks) if args.tasks is not None else assigned_tasks(ROOT)   # bad: one line
+    outcomes = run_tests(ROOT, tasks, stdout=sys.stderr if args.json else sys.stdout)
+    report = score(outcomes, tasks)
+    print(json.dumps(report, indent=2) if args.json else "\n" + format_report(report))
+    ok = "errors" not in report and all(r["failed"] == 0 for r in report["tasks"].values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main))
