@@ -332,6 +332,7 @@ def plot_bases(budget, methods, out_dir):
     ax.set(xscale="log" if known else "linear", ylabel="% of the base→FT val-loss gap closed",
            xlabel="base's pretraining iterations" if known else "base (its place in --bases)", title="base budget")
     ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.set_xticks([], minor=True)   # a log axis labels its minor ticks too, over the bases' own labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
