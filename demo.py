@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, replace
 
 from cli import main_guard, parse, setting
+from data.files import read_json, write_atomic
+from data.tasks import read_jsonl
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, a sample request)
 TASKS = {
@@ -115,7 +117,7 @@ def main(argv):
         run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_ft", "--method=ft",
              f"--learning_rate={cfg.ft_learning_rate}", f"--min_lr={cfg.ft_learning_rate / 10}"] + files + tune)
         prefix, tuned = f"{out}/{task}_prefix/prefix.pt", f"{out}/{task}_ft/model.pt"
-        summary = {m: json.load(open(f"{out}/{task}_{m}/summary.json", encoding="utf-8")) for m in ("prefix", "ft")}
+        summary = {m: read_json(f"{out}/{task}_{m}/summary.json") for m in ("prefix", "ft")}
         row = {"task": task, "trainable": summary["prefix"]["trainable"], "percent": summary["prefix"]["percent"],
                "base": summary["prefix"]["val_loss_base"], "prefix": summary["prefix"]["best_val_loss"],
                "ft": summary["ft"]["best_val_loss"]}
@@ -129,7 +131,7 @@ def main(argv):
                          f"--beam={cfg.beam}", f"--out={out}/{task}_ft_completions.jsonl", "--overwrite"] + n)
             scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
             row["metric"], row["scores"] = "BLEU-4", scores
-            base_and_prefix, tuned_rows = ([json.loads(line) for line in open(path, encoding="utf-8")]
+            base_and_prefix, tuned_rows = (read_jsonl(path, need=("prefix", "prompt", "completion"))
                                            for path in (f"{out}/{task}_completions.jsonl",
                                                         f"{out}/{task}_ft_completions.jsonl"))
             row["names"] = [names_copied([c for c in base_and_prefix if c["prefix"] == "no prefix"]),
@@ -150,8 +152,7 @@ def main(argv):
     requests.append({"prefix": "", "prompt": TASKS[cfg.tasks[0]][4]})   # the base alone, for contrast
 
     path = f"{out}/requests.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in requests)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in requests))
     run([py, "sample.py", f"--ckpt={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
