@@ -24,7 +24,7 @@ from data.tokenizer import get_tokenizer
 from model import prefix_length, room_after
 from prefix import batch_prefixes
 from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import decode_rows
+from scoring import cut_at_stop, decode_rows
 
 
 @dataclass
@@ -77,9 +77,7 @@ def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list
                          prefix_kv=prefix_kv, prefix_mask=prefix_mask, stop_token=stop)
     results = []
     for row, i in enumerate(rows):
-        new = out[row, len(ids):].tolist()
-        if stop is not None and stop in new:
-            new = new[:new.index(stop)]
+        new = cut_at_stop(out[row, len(ids):].tolist(), stop)
         results.append((labels[i], tokenizer.decode(new)))
     return results
 
@@ -107,9 +105,7 @@ def serve_requests(model, tokenizer, path: str, max_new_tokens: int, temperature
     out = decode_rows(model, batch, max_new_tokens, stop, temperature, top_k)
     results = []
     for r, new in zip(rows, out):
-        if stop is not None and stop in new:
-            new = new[:new.index(stop)]
-        results.append((labels[index.get(r["prefix"], 0)], r["prompt"], tokenizer.decode(new)))
+        results.append((labels[index.get(r["prefix"], 0)], r["prompt"], tokenizer.decode(cut_at_stop(new, stop))))
     return results
 
 

@@ -109,8 +109,14 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
                 new.update(zip(chunk, rows))
     out = [[""] * len(prompts) for _ in kvs]
     for (i, j), tokens in new.items():
-        out[i][j] = tokenizer.decode(tokens[:tokens.index(stop)] if stop in tokens else tokens)
+        out[i][j] = tokenizer.decode(cut_at_stop(tokens, stop))
     return out
+
+
+def cut_at_stop(tokens: list[int], stop: int | None) -> list[int]:
+    """New tokens up to (not including) the first end marker; all of them when stop is None or absent.
+    generate keeps a row decoding after its marker until every row has one, so callers cut here."""
+    return tokens[:tokens.index(stop)] if stop is not None and stop in tokens else tokens
 
 
 @torch.no_grad()
