@@ -53,6 +53,7 @@ from data.files import atomic_write, write_atomic
 from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, read_labels, with_heads
 from data.tokenizer import get_tokenizer
 from methods import METHODS, attach
+import metrics
 from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
 from runlog import CellLog, fmt_time
@@ -273,8 +274,9 @@ def gap_closed(rows, method: str, base_loss: float) -> list[float]:
     """Per seed, the share (%) of the val-loss gap between the base alone and full fine-tuning that method
     closes: (base - method) / (base - ft). A seed whose ft did not beat the base has no gap to close."""
     ft = {r["seed"]: r["val_loss"] for r in rows if r["method"] == "ft"}
-    return [100 * (base_loss - r["val_loss"]) / (base_loss - ft[r["seed"]]) for r in rows
-            if r["method"] == method and r["seed"] in ft and base_loss > ft[r["seed"]]]
+    shares = [metrics.gap_closed(base_loss, r["val_loss"], ft[r["seed"]]) for r in rows
+              if r["method"] == method and r["seed"] in ft]
+    return [g for g in shares if g is not None]
 
 
 def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:

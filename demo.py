@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from cli import main_guard, parse, setting
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
+from metrics import gap_closed
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, a sample request)
 TASKS = {
@@ -71,11 +72,6 @@ def run(cmd: list[str]) -> str:
     if proc.returncode != 0:
         raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
     return "".join(lines)
-
-
-def gap_closed(base: float, prefix: float, ft: float) -> float | None:
-    """How much of the way from the base alone to fine-tuning the prefix goes, in % (on val loss)."""
-    return None if base - ft <= 0 else 100 * (base - prefix) / (base - ft)
 
 
 def names_copied(completions: list[dict]) -> float:

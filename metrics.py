@@ -133,3 +133,9 @@ def format_confusion(matrix: list[list[int]], label_names: list[str]) -> str:
     for name, row in zip(names, matrix):
         lines.append(name.ljust(max(len(corner), width)) + "".join(f"  {c:>{width}}" for c in row))
     return "\n".join(lines)
+
+
+def gap_closed(base: float, tuned: float, ft: float) -> float | None:
+    """How much of the way from the base alone to full fine-tuning a method goes, in %:
+    100 · (base − tuned) / (base − ft) on a loss. None when fine-tuning did not beat the base (no gap)."""
+    return None if base <= ft else 100 * (base - tuned) / (base - ft)
