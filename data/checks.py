@@ -3,7 +3,7 @@ data/checks.py — checks on what a user hands the data scripts, each failing in
 
 Parser       : argparse.ArgumentParser whose errors are one line ("error: argument --seed: ...; see --help")
                instead of a usage block and an error
-fraction, seed, positive, url: argparse types that refuse a wrong value where it is parsed
+fraction, seed, positive, url, tokenizer_name: argparse types that refuse a wrong value where it is parsed
 decode_utf8  : a file's bytes as text; bytes that are not UTF-8 text raise ValueError naming the line
 """
 import argparse
@@ -13,6 +13,7 @@ import zipfile
 import zlib
 
 from data.files import download_once
+from data.tokenizer import check_tokenizer_name
 
 
 class Parser(argparse.ArgumentParser):
@@ -32,6 +33,13 @@ def seed(text: str) -> int:
     if value < 0:  # random.Random(-5) is random.Random(5): two seeds in meta.json, one split
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def tokenizer_name(text: str) -> str:
+    try:
+        return check_tokenizer_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive(text: str) -> int:

@@ -5,6 +5,7 @@ Prepare the pretraining corpus: Tiny Shakespeare (plus optional unlabelled task 
     python data/shakespeare/prepare.py --input input.txt        # a local copy (default: $PREFIXGPT_SHAKESPEARE)
     python data/shakespeare/prepare.py --url URL                # a mirror (default: $PREFIXGPT_SHAKESPEARE_URL)
     python data/shakespeare/prepare.py --tokenizer gpt2         # GPT-2 BPE → data/shakespeare_gpt2
+    python data/shakespeare/prepare.py --tokenizer gpt2_2048    # GPT-2's first 2048 tokens → data/shakespeare_gpt2_2048
     python data/shakespeare/prepare.py --out_dir data/demo --extra_text data/e2e/train_text.txt
     python -m data.shakespeare.prepare ...                      # the same, as a module
 
@@ -15,8 +16,8 @@ Where the text comes from: --input if given; else <out_dir>/input.txt if an earl
 else --url (default: Tiny Shakespeare's official URL), then cached there; else, offline, the Python
 documentation that ships with CPython (pydoc_data.topics), with a one-line notice, so the rest of the
 pipeline still runs.
-Default --out_dir: data/shakespeare for the byte tokenizer, data/shakespeare_gpt2 for gpt2, so the two
-never overwrite each other. Writes train.bin / val.bin (token ids, uint16) and meta.json, each atomically.
+Default --out_dir: data/shakespeare for the byte tokenizer, data/shakespeare_<tokenizer> for the others,
+so two tokenizers never overwrite each other. Writes train.bin / val.bin (token ids, uint16) and meta.json, each atomically.
 """
 import http.client
 import os
@@ -28,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.checks import Parser, decode_utf8, fraction, url  # noqa: E402
+from data.checks import Parser, decode_utf8, fraction, tokenizer_name, url  # noqa: E402
 from data.files import download_once, write_atomic, write_json  # noqa: E402
 from data.tokenizer import get_tokenizer, token_dtype  # noqa: E402
 
@@ -110,13 +111,14 @@ def main(argv=None) -> dict:
                     help="local UTF-8 text file (default: $PREFIXGPT_SHAKESPEARE, else download)")
     ap.add_argument("--url", type=url, default=os.environ.get("PREFIXGPT_SHAKESPEARE_URL") or URL,
                     help="where to download the text from; default $PREFIXGPT_SHAKESPEARE_URL, else Tiny Shakespeare")
-    ap.add_argument("--tokenizer", default="byte", choices=["byte", "gpt2"])
-    ap.add_argument("--out_dir", default=None, help="default data/shakespeare (data/shakespeare_gpt2 for gpt2)")
+    ap.add_argument("--tokenizer", default="byte", type=tokenizer_name,
+                    help="byte (default), gpt2, or gpt2_<K>: GPT-2's first K tokens (e.g. gpt2_2048)")
+    ap.add_argument("--out_dir", default=None, help="default data/shakespeare (data/shakespeare_<tokenizer> for the others)")
     ap.add_argument("--extra_text", action="append", default=[], metavar="FILE",
                     help="unlabelled text file appended to train only (repeatable)")
     ap.add_argument("--val_fraction", type=fraction, default=0.1, help="the end of the text kept as val")
     args = ap.parse_args(argv)
-    out_dir = args.out_dir or ("data/shakespeare" if args.tokenizer == "byte" else "data/shakespeare_gpt2")
+    out_dir = args.out_dir or ("data/shakespeare" if args.tokenizer == "byte" else f"data/shakespeare_{args.tokenizer}")
     extra_texts = [read_text(p, "--extra_text") for p in args.extra_text]  # every file read before a slow download
     try:
         tokenizer = get_tokenizer(args.tokenizer)
