@@ -21,7 +21,6 @@ PIP_INDEX   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	@echo "installing requirements.txt into $(VENV) (torch is large: pip shows its progress)"
-	$(PY) -m pip install --upgrade pip --progress-bar on
 	$(PY) -m pip install $(PIP_INDEX) --progress-bar on -r requirements.txt
 	touch $@
 

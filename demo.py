@@ -5,7 +5,8 @@ three tasks, a small prefix for each, and full fine-tuning of the same base besi
   1. prepare the data: E2E (restaurant attributes → a sentence) and SST-2 (movie-review sentences)
   2. prepare the pretraining corpus: Tiny Shakespeare, SST-2's train sentences *without* labels, and
      E2E's train sentences each followed by its attributes ("<sentence> Facts: name[...], ...": text →
-     data, the reverse of the task, so the base learns to carry names across a line)
+     data, the reverse of the task, so the base learns to carry names across a line), in tokens of
+     GPT-2's first 2048 (--tokenizer=gpt2_2048, the default: ~2.9 bytes a token; --tokenizer=byte for bytes)
   3. pretrain a small GPT                                                  (train.py)
   4. for each task: freeze the base and train a prefix; fine-tune a copy of the whole base for the
      same number of steps                                                  (finetune_prefix.py)
@@ -47,15 +48,17 @@ TASKS = {
 class DemoConfig:
     out_dir: str = "out/demo"
     data_dir: str = "data"         # data/e2e, data/sst2, and the pretraining corpus in data/demo
-    pretrain_config: str = "config/demo_pretrain.toml"
+    pretrain_config: str = ""      # default: config/demo_pretrain.toml (config/demo_pretrain_byte.toml for bytes)
+    tokenizer: str = setting("gpt2_2048", choices=("gpt2_2048", "byte"))   # of the corpus and the base
     tasks: list[str] = setting(list(TASKS), choices=tuple(TASKS))
-    pretrain_iters: int = setting(600, min=1) # pretraining steps of the base
+    pretrain_iters: int = setting(0, min=0)   # pretraining steps; 0: 400 (gpt2_2048) or 600 (byte), ~2.5 CPU minutes
     steps: int = setting(60, min=1)           # tuning steps, the same for a prefix and for fine-tuning
     ft_learning_rate: float = setting(1e-3, gt=0.0)   # full fine-tuning (the prefixes' rates are in their TOML)
     facts_copies: int = setting(3, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
     test_prompts: int = setting(30, min=1)    # E2E test MRs decoded for BLEU
+    test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
-    long: bool = False             # pretrain_iters 3600, steps 400, test_prompts 50 (about 30 minutes)
+    long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 25 minutes)
     quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
 
 
@@ -84,8 +87,12 @@ def names_copied(completions: list[dict]) -> float:
 def main(argv):
     cfg = DemoConfig()
     seen = parse(argv, cfg, prog="demo.py", description=__doc__.split("\n\n")[0])
+    byte = cfg.tokenizer == "byte"
+    cfg.pretrain_config = cfg.pretrain_config or f"config/demo_pretrain{'_byte' if byte else ''}.toml"
+    cfg.pretrain_iters = cfg.pretrain_iters or (600 if byte else 400)
     if cfg.long:   # 6 × the pretraining, 6.7 × the tuning, except what was set explicitly
-        cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=3600, steps=400, test_prompts=50).items() if k not in seen})
+        cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=6 * cfg.pretrain_iters, steps=400,
+                                                    test_prompts=50).items() if k not in seen})
     py, out, t0 = sys.executable, cfg.out_dir, time.time()
     pre = [f"--max_iters={cfg.pretrain_iters}", f"--lr_decay_iters={cfg.pretrain_iters}",
            f"--eval_interval={max(cfg.pretrain_iters // 2, 1)}"]
@@ -99,7 +106,8 @@ def main(argv):
     e2e, sst2, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/sst2", f"{cfg.data_dir}/demo"
     run([py, "data/e2e/prepare.py", "--out_dir", e2e])
     run([py, "data/sst2/prepare.py", "--out_dir", sst2])
-    run([py, "data/shakespeare/prepare.py", "--out_dir", corpus, "--extra_text", f"{sst2}/train_text.txt"]
+    run([py, "data/shakespeare/prepare.py", "--out_dir", corpus, "--tokenizer", cfg.tokenizer,
+         "--extra_text", f"{sst2}/train_text.txt"]
         + ["--extra_text", f"{e2e}/train_facts.txt"] * cfg.facts_copies)
     run([py, "train.py", cfg.pretrain_config, f"--data_dir={corpus}", f"--out_dir={out}/base", "--overwrite"] + pre)
     base = f"{out}/base/best.pt"
@@ -139,9 +147,10 @@ def main(argv):
             text += run([py, "evaluate.py", "--mode=classify", f"--ckpt={tuned}", f"--data={test}"] + limit)
             row["metric"], row["scores"] = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
         else:                         # loss on the test reviews
+            n = limit or [f"--max_examples={cfg.test_reviews}"]
             text = run([py, "evaluate.py", "--mode=loss", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
-                        f"--data={test}"] + limit)
-            text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + limit)
+                        f"--data={test}"] + n)
+            text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
             row["metric"], row["scores"] = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
         rows.append(row)
         requests.append({"prefix": prefix, "prompt": request})
@@ -152,7 +161,7 @@ def main(argv):
     run([py, "sample.py", f"--ckpt={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
-    print(f"\n=== one frozen base, {len(rows)} tasks: val loss (per byte) of the base alone, with the task's "
+    print(f"\n=== one frozen base, {len(rows)} tasks: val loss (per {'byte' if byte else 'token'}) of the base alone, with the task's "
           f"prefix, and fine-tuned for the same {steps} steps ===")
     print(f"{'task':10} {'prefix parameters':>18} {'base':>6} {'prefix':>7} {'FT':>6} {'gap closed':>10}   "
           f"test: base / prefix / FT")
