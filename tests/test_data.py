@@ -65,6 +65,51 @@ def test_unknown_tokenizer_names_the_choices():
         get_tokenizer("char")
 
 
+TEXT = "The Eagle is a family-friendly coffee shop near the riverside. naïve café — 東京 🙂\n"
+
+
+def test_cut_gpt2_vocabulary_keeps_gpt2s_ids_and_encodes_any_text():
+    full, cut = get_tokenizer("gpt2"), get_tokenizer("gpt2_2048")
+    assert (cut.name, cut.vocab_size, cut.eot_token) == ("gpt2_2048", 2048, 198)
+    assert cut.decode([cut.eot_token]) == "\n"               # a completion ends at a newline, as with bytes
+    ids = cut.encode(TEXT)
+    assert max(ids) < 2048 and cut.decode(ids) == TEXT       # every byte is a token: nothing falls out
+    assert full.decode(ids) == TEXT                          # the ids mean what they mean in GPT-2
+    assert cut.encode(" the world") == full.encode(" the world") == [262, 995]   # early merges are kept
+    # a word GPT-2 learned late (" restaurant" is token 7072) is spelled with earlier tokens
+    assert full.encode(" restaurant") == [7072] and len(cut.encode(" restaurant")) > 1
+    assert cut.decode(cut.encode(" restaurant")) == " restaurant"
+
+
+def test_fewer_merges_give_more_tokens_and_all_but_one_merge_is_gpt2():
+    full = get_tokenizer("gpt2")
+    lengths = [len(get_tokenizer(f"gpt2_{k}").encode(TEXT)) for k in (300, 1024, 2048, 8192)]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    # 50256 tokens = every merge GPT-2 has (only <|endoftext|> is left out): the same encoding
+    assert get_tokenizer("gpt2_50256").encode(TEXT) == full.encode(TEXT)
+
+
+@pytest.mark.parametrize("name", ["gpt2_256", "gpt2_50257", "gpt2_", "gpt2-2048"])
+def test_cut_vocabulary_size_out_of_range_is_refused(name):
+    with pytest.raises(ValueError, match="257 and 50256|unknown tokenizer"):
+        get_tokenizer(name)
+
+
+def test_prepare_with_a_cut_vocabulary_and_a_bad_name(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("To be, or not to be: that is the question.\n" * 50, encoding="utf-8")
+    res = run_prepare("--input", str(src), "--tokenizer", "gpt2_1024", "--out_dir", str(tmp_path / "d"))
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert (meta["tokenizer"], meta["vocab_size"]) == ("gpt2_1024", 1024)
+    assert meta["bytes_per_token"] > 2                       # English in BPE pieces, not one byte a token
+    train, val, _ = load_bin(str(tmp_path / "d"))
+    assert max(train.max(), val.max()) < 1024
+    res = run_prepare("--input", str(src), "--tokenizer", "gpt2_9", "--out_dir", str(tmp_path / "e"))
+    assert res.returncode != 0 and res.stderr.count("\n") <= 1 and "257 and 50256" in res.stderr
+    assert not (tmp_path / "e").exists()
+
+
 def test_token_dtype():
     assert token_dtype(256) == token_dtype(50257) == token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32

@@ -99,7 +99,8 @@ def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra
     write_ids(os.path.join(out_dir, "train.bin"), train_ids, dtype)
     write_ids(os.path.join(out_dir, "val.bin"), val_ids, dtype)
     meta = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
-            "train_tokens": len(train_ids), "val_tokens": len(val_ids), "source": source,
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "bytes_per_token": round(len(train_text.encode("utf-8")) / max(len(train_ids), 1), 3), "source": source,
             "extra_text": list(extra_names)}
     write_json(os.path.join(out_dir, "meta.json"), meta)  # last: marks "done"
     return meta
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"{out_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-          f"({meta['tokenizer']}, vocab {meta['vocab_size']}) from {source}"
+          f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['bytes_per_token']:.2f} bytes a token) from {source}"
           + (f" + {', '.join(args.extra_text)} (train only)" if args.extra_text else ""))
     return meta
 
