@@ -6,7 +6,7 @@ three tasks, a small prefix for each, and full fine-tuning of the same base besi
   2. prepare the pretraining corpus: Tiny Shakespeare, SST-2's train sentences *without* labels, and
      E2E's train sentences each followed by its attributes ("<sentence> Facts: name[...], ...": text →
      data, the reverse of the task, so the base learns to carry names across a line), in tokens of
-     GPT-2's first 2048 (--tokenizer=gpt2_2048, the default: ~2.9 bytes a token; --tokenizer=byte for bytes)
+     GPT-2's first 2048 (--tokenizer=gpt2_2048, the default: ~2.6 bytes a token; --tokenizer=byte for bytes)
   3. pretrain a small GPT                                                  (train.py)
   4. for each task: freeze the base and train a prefix; fine-tune a copy of the whole base for the
      same number of steps                                                  (finetune_prefix.py)
@@ -66,7 +66,7 @@ def run(cmd: list[str]) -> str:
     """Run one of the project's commands, echoing it and its output as it comes (pretraining takes
     minutes: its progress lines should show); stop the demo if it fails. Returns what it printed."""
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    lines = []
+    lines, t0 = [], time.time()
     with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE) as proc:   # stderr goes straight through
         for line in proc.stdout:
             sys.stdout.write(line)
@@ -74,6 +74,7 @@ def run(cmd: list[str]) -> str:
             lines.append(line)
     if proc.returncode != 0:
         raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    print(f"({time.time() - t0:.1f} s)", flush=True)   # where the demo's minutes go, step by step
     return "".join(lines)
 
 

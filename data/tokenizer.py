@@ -17,8 +17,9 @@ gpt2_<K>  : GPT-2's BPE with only its first K - 256 merges (vocabulary K, 256 < 
             vocabulary whose ids are GPT-2's own, that still encodes any text (the bytes are all in it),
             and whose tokens are the common pieces of English (" the", "ing", " restaurant" at 2048).
             Why the demo uses it: a small model's cost per token barely grows with K = 2048 (the output
-            layer is 2048 × n_embd), but each token carries ~2.9 bytes of English instead of 1, so the
-            same CPU minutes pretrain on ~2.8 × as much text and the context holds ~2.9 × as many words.
+            layer is 2048 × n_embd), but each token carries ~2.6 bytes of the demo's corpus instead of 1
+            (prepare.py prints the figure), so the same CPU minutes pretrain on ~2.5 × as much text and
+            the context holds ~2.6 × as many words.
 """
 import re
 
