@@ -34,12 +34,11 @@ from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
 from metrics import gap_closed
 
-# task: (data folder, file stem, the prefix's settings, how its test split is scored, a sample request)
+# task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
+# request: a fixed prompt, or "" for the test split's first prompt — a held-out input nobody picked)
 TASKS = {
-    "e2e": ("e2e", "", "config/finetune_e2e.toml", "generate",
-            "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside] ||"),
-    "sentiment": ("sst2", "", "config/finetune_sst2.toml", "classify",
-                  "a gorgeous , witty , seductive movie . Sentiment:"),
+    "e2e": ("e2e", "", "config/finetune_e2e.toml", "generate", ""),
+    "sentiment": ("sst2", "", "config/finetune_sst2.toml", "classify", ""),
     "review": ("sst2", "review_", "config/finetune_review.toml", "loss", "Positive review:"),
 }
 
@@ -96,7 +95,7 @@ def main(argv):
                                                     test_prompts=50).items() if k not in seen})
     py, out, t0 = sys.executable, cfg.out_dir, time.time()
     pre = [f"--max_iters={cfg.pretrain_iters}", f"--lr_decay_iters={cfg.pretrain_iters}",
-           f"--eval_interval={max(cfg.pretrain_iters // 2, 1)}"]
+           f"--eval_interval={cfg.pretrain_iters}"]   # one estimate at the end: the tables use the tasks' losses
     steps = 15 if cfg.quick else cfg.steps
     if cfg.quick:
         pre = ["--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--log_interval=10"]
@@ -154,8 +153,8 @@ def main(argv):
             text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
             row["metric"], row["scores"] = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
         rows.append(row)
-        requests.append({"prefix": prefix, "prompt": request})
-    requests.append({"prefix": "", "prompt": TASKS[cfg.tasks[0]][4]})   # the base alone, for contrast
+        requests.append({"prefix": prefix, "prompt": request or read_jsonl(test, need=("prompt",))[0]["prompt"]})
+    requests.append({"prefix": "", "prompt": requests[0]["prompt"]})   # the base alone, for contrast
 
     path = f"{out}/requests.jsonl"
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in requests))

@@ -30,7 +30,7 @@ from data.tokenizer import get_tokenizer
 from metrics import format_confusion
 from model import room_after
 from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import classification_scores, generation_scores, task_loss
+from scoring import classification_scores, completion_bytes, generation_scores, task_loss
 
 
 @dataclass
@@ -79,13 +79,16 @@ def main(argv):
         names = [f"{meta['method']} {n}" if n != "no prefix" else f"{meta['method']} ({cfg.delta})" for n in names]
     width = max(len(n) for n in names)
     if cfg.mode == "loss":
-        print(f"{cfg.ckpt} on {cfg.data}: loss per completion token")
+        print(f"{cfg.ckpt} on {cfg.data}: loss per completion token ({tokenizer.name} tokens), and per byte "
+              f"of completion text (comparable across tokenizers)")
         for name, prefix in zip(names, prefixes):
             P = 0 if prefix is None else prefix.n_prefix
             examples, _ = load_task(cfg.data, tokenizer, room_after(P, model.config.block_size), cfg.max_examples)
             loss = task_loss(model, prefix, examples, ctx=rt.autocast)
+            n_targets = sum(len(e.tokens) - e.n_prompt for e in examples)   # the tokens the mean is over
+            per_byte = loss * n_targets / completion_bytes(tokenizer, examples)
             print(f"  {name:{width}}  loss {loss:.4f} | perplexity {math.exp(min(loss, 50)):.3f} "
-                  f"| {len(examples)} examples")
+                  f"| {per_byte:.4f} nats per byte | {len(examples)} examples")
     elif cfg.mode == "generate":
         res = generation_scores(model, tokenizer, prefixes, names, cfg.data, cfg.max_new_tokens, cfg.beam,
                                 cfg.max_examples, cfg.out)

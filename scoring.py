@@ -75,6 +75,18 @@ def task_loss(model, prefix, examples, batch_size=32, ctx=contextlib.nullcontext
     return total / count
 
 
+def completion_bytes(tokenizer, examples) -> int:
+    """The UTF-8 bytes that the examples' target tokens spell (each completion, as far as it was kept),
+    counting each end marker as one byte: the denominator that turns task_loss into nats per byte,
+    which compares bases whose tokenizers differ (a byte and a BPE token are not the same unit)."""
+    n = 0
+    for e in examples:
+        targets = e.tokens[e.n_prompt:]                                    # what the loss is taken on
+        text = [t for t in targets if t != tokenizer.eot_token]
+        n += len(tokenizer.decode(text).encode("utf-8")) + (len(targets) - len(text))
+    return n
+
+
 @torch.no_grad()
 def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_tokens=160, beam=1,
              batch_size=64) -> list[list[str]]:

@@ -97,14 +97,17 @@ def tune(cfg, rt, model, prefix, train, val, base_loss: float, save_best, log_di
     params = [p for p in trainable.parameters() if p.requires_grad]
     stream = batches(train, min(cfg.batch_size, len(train)), seed=cfg.seed)
 
-    def evaluate(it):
-        loss = task_loss(model, prefix, val, ctx=rt.autocast)
-        print(f"eval @ {it}: val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})")
+    def evaluate(it, known=None):
+        loss = task_loss(model, prefix, val, ctx=rt.autocast) if known is None else known
+        print(f"eval @ {it}: val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})"
+              + (" = the base alone: the method starts as the base" if known is not None else ""))
         if log:
             log.write(iter=it, val_loss=loss)
         return loss
 
-    best = {"val_loss": evaluate(0), "iter": 0}
+    # LoRA (B = 0), adapters (W_up = 0), BitFit and fine-tuning leave the model as it was at step 0
+    # (tests/test_methods.py), so their first evaluation is the base's loss, measured once already
+    best = {"val_loss": evaluate(0, None if prefix is not None else base_loss), "iter": 0}
     save_best(best)
     bad_evals, it, t0 = 0, 0, time.time()
     t_last, bad_loss = t0, torch.zeros((), dtype=torch.bool, device=rt.device)

@@ -202,6 +202,22 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     res = run("evaluate.py", "--mode=loss", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
               f"--data={setup['val']}")
     assert "perplexity" in res.stdout
+    # bytes: one token a byte (ASCII completions), so nats per byte is the loss itself
+    for per_token, per_byte in re.findall(r"loss ([\d.]+) \| perplexity [\d.]+ \| ([\d.]+) nats per byte", res.stdout):
+        assert abs(float(per_token) - float(per_byte)) < 1e-3
+
+
+def test_completion_bytes_counts_the_text_the_targets_spell_in_any_tokenizer(tmp_path):
+    from data.tokenizer import get_tokenizer
+    from scoring import completion_bytes
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": f"{mr} ||", "completion": ref} for mr, ref in MRS])
+    for name in ("byte", "gpt2_2048", "gpt2_300"):
+        tok = get_tokenizer(name)
+        examples, _ = load_task(path, tok, max_len=200)
+        # every completion's bytes, and one byte for each end marker ("\n")
+        assert completion_bytes(tok, examples) == sum(len(ref.encode()) + 1 for _, ref in MRS)
+    examples, _ = load_task(path, TOK, max_len=40)          # cut: only the bytes that were kept count
+    assert completion_bytes(TOK, examples) == sum(len(e.tokens) - e.n_prompt for e in examples)
 
 
 @pytest.mark.slow
