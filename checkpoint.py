@@ -129,6 +129,15 @@ def save_checkpoint(path: str, model: GPT, tokenizer: str, **fields):
 
 def load_checkpoint(path: str, need_resume: bool = False) -> dict:
     """A checkpoint dict whose format, keys, model config, weights and checksum have all been checked."""
+    blob = _checked_blob(path, need_resume)
+    with torch.device("meta"):   # the expected names and shapes, without allocating a model
+        model = GPT(GPTConfig(**blob["model_config"]))
+    _check_weights(blob, path, model)
+    return blob
+
+
+def _checked_blob(path: str, need_resume: bool) -> dict:
+    """The file's format, its keys and its model config, checked; the weights are not looked at yet."""
     blob = safe_torch_load(path, "checkpoint")
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a prefixgpt checkpoint (format {CHECKPOINT_FORMAT}); make one with train.py")
@@ -137,9 +146,14 @@ def load_checkpoint(path: str, need_resume: bool = False) -> dict:
     unknown = set(blob["model_config"]) - known
     if unknown:
         raise ValueError(f"checkpoint {path} has model settings this version does not know: {sorted(unknown)}")
-    config = GPTConfig(**blob["model_config"])
-    with torch.device("meta"):   # the expected names and shapes, without allocating a model
-        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    GPTConfig(**blob["model_config"])   # its own range checks
+    return blob
+
+
+def _check_weights(blob: dict, path: str, model: GPT):
+    """The checkpoint's tensors: the names and shapes of `model` (built from its config), the checksum
+    saved beside them, and finite values."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     state = blob["model"]
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
@@ -154,7 +168,6 @@ def load_checkpoint(path: str, need_resume: bool = False) -> dict:
     bad = non_finite(state)
     if bad:
         raise NonFiniteWeights(f"checkpoint {path} holds NaN or inf weights ({bad[0]}): it cannot be used")
-    return blob
 
 
 def load_model(path: str, device="cpu"):
@@ -167,8 +180,11 @@ def load_model(path: str, device="cpu"):
         model = load_gpt2(path)
         return model.to(device).eval(), {"model_config": vars(model.config).copy(), "tokenizer": "gpt2",
                                          "source": path}
-    ckpt = load_checkpoint(path)
+    # the model that will hold the weights is also what they are checked against: a second one built on
+    # the meta device would run its random init there, which imports torch._dynamo (~2 s a process)
+    ckpt = _checked_blob(path, need_resume=False)
     model = GPT(GPTConfig(**ckpt["model_config"]))
+    _check_weights(ckpt, path, model)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 

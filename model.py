@@ -378,10 +378,6 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
-        if self.lm_head.weight.is_meta:
-            # built under torch.device("meta") for its names and shapes only (checkpoint.py, gpt2.py): no
-            # values to initialise, and random init on meta imports torch._dynamo (~3 s per process)
-            return
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2·n_layer), since each block adds two of them
         for name, p in self.named_parameters():
