@@ -198,16 +198,18 @@ def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=1
 def completion_logprob(model, prefix, examples: list[TaskExample], batch_size=32) -> torch.Tensor:
     """Sum of log p(completion + end marker | prompt) for each example: (N,)."""
     device = next(model.parameters()).device
-    out = []
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].tokens))   # batches of like lengths pad least
+    out = torch.empty(len(examples))
     with eval_mode(model):
         prefix_kv = None if prefix is None else prefix(model)
         for i in range(0, len(examples), batch_size):
-            x, y = collate(examples[i:i + batch_size], device)
+            rows = order[i:i + batch_size]
+            x, y = collate([examples[j] for j in rows], device)
             logp = torch.log_softmax(model(x, prefix_kv=prefix_kv)[0].float(), dim=-1)    # (B, T, V)
             mask = y != -1
             picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask      # (B, T)
-            out.append(picked.sum(1))
-    return torch.cat(out)
+            out[rows] = picked.sum(1).cpu()                                                # back in input order
+    return out
 
 
 def label_candidates(tokenizer, rows: list[dict], labels: list[str], where: str, room: int = 0):

@@ -323,3 +323,21 @@ def test_requests_serve_each_row_with_its_own_prefix_and_prompt(setup, tmp_path)
     one_line_error(res, "--requests", "--prompt")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prefix": "", "prompt": "x" * 200}])
     one_line_error(run("sample.py", f"--ckpt={setup['base']}", f"--requests={bad}", check=False), "bad.jsonl:1")
+
+
+def test_completion_logprob_keeps_the_input_order_when_it_batches_by_length():
+    from model import GPT, GPTConfig
+    from scoring import completion_logprob
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=256))
+    rows = [("a long prompt of many bytes", " yes"), ("ab", " no"), ("a middling prompt", " maybe"), ("x", " y")]
+    examples = [load_task_row(p, c) for p, c in rows]
+    batched = completion_logprob(model, None, examples, batch_size=2)    # sorted by length inside
+    alone = torch.cat([completion_logprob(model, None, [e], batch_size=1) for e in examples])
+    assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def load_task_row(prompt, completion):
+    from data.tasks import TaskExample
+    p = TOK.encode(prompt)
+    return TaskExample(p + TOK.encode(completion) + [TOK.eot_token], len(p), prompt, completion)
