@@ -297,6 +297,25 @@ def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
     return "\n".join(lines)
 
 
+def sizes_table(rows, sizes, key: str, heading: str) -> str:
+    """Markdown: `key` (mean ± std over seeds) for every method and training-set size: the low-data curves
+    of results.png, as numbers."""
+    sizes = sorted(sizes, key=lambda n: n or float("inf"))           # 0 = all the data, last
+    lines = [f"| {heading} | " + " | ".join(f"{n or 'all'} examples" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "fewshot"):
+        lines.append(f"| {method} | " + " | ".join(
+            mean_std([r[key] for r in rows if r["method"] == method and r["size"] == n]) for n in sizes) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(sweep) -> str:
+    """Markdown: the prefix's val loss for each prefix length P (all the data, mean ± std over seeds)."""
+    ps = sorted({r["n_prefix"] for r in sweep})
+    return ("| prefix length P | " + " | ".join(map(str, ps)) + " |\n|---|" + "---|" * len(ps) + "\n| val loss | "
+            + " | ".join(mean_std([r["val_loss"] for r in sweep if r["n_prefix"] == p]) for p in ps) + " |")
+
+
 def budget_table(budget, methods) -> str:
     """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys."""
     gap = "prefix" in methods and "ft" in methods
@@ -390,6 +409,20 @@ def main(argv):
     rows, sweep = grid(cfg, rt, b, results, t0, cfg.sizes, cfg.p_sweep)
     md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
                SCORES[cfg.task])
+    everything = [r for r in rows if r["size"] == 0]
+    if any(r["method"] == "ft" for r in everything):
+        shares = {m: gap_closed(everything, m, b.data["val_base"]) for m in dict.fromkeys(r["method"] for r in everything)
+                  if m not in ("ft", "fewshot")}
+        md += ("\n\nShare of the val-loss gap between the base alone and ft that each method closes, per seed, "
+               "(base - method) / (base - ft), all the data\n\n| method | % of the gap closed |\n|---|---|\n"
+               + "\n".join(f"| {m} | {mean_std(v, 1)} |" for m, v in shares.items()))
+    if len(cfg.sizes) > 1:
+        first = next(iter(SCORES[cfg.task].items()))          # the task's first test score (BLEU-4, accuracy)
+        md += ("\n\nBy training-set size (mean ± std over seeds): val loss, then " + first[1] + "\n\n"
+               + sizes_table(rows, cfg.sizes, "val_loss", "val loss") + "\n\n"
+               + sizes_table(rows, cfg.sizes, first[0], first[1]))
+    if len({r["n_prefix"] for r in sweep}) > 1:
+        md += "\n\nPrefix length (prefix, all the data)\n\n" + sweep_table(sweep)
     plots(rows, sweep, cfg.out_dir, b.data["val_base"])
     budget = []
     for path, fingerprint in prints.items():   # the base-budget axis: one base at a time, all the data

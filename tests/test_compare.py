@@ -41,6 +41,10 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
     table = (tmp_path / "cmp" / "results.md").read_text()
     for method in ("base alone", "prefix", "prompt", "lora", "adapter", "bitfit", "ft-top2", "| ft |", "fewshot"):
         assert method in table, table
+    # the low-data curves and the prefix-length sweep as numbers too: sizes 50 and all, P 1 and 3
+    assert "| val loss | 50 examples | all examples |" in table and "| BLEU-4 | 50 examples | all examples |" in table
+    assert "| prefix length P | 1 | 3 |" in table
+    assert "| method | % of the gap closed |" in table and "| lora |" in table.split("% of the gap closed")[1]
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
     runs = [r for r in rows if r["kind"] == "run"]
     # 7 trained methods x 1 seed x 2 sizes, the P sweep's extra length, one fewshot row
