@@ -213,7 +213,17 @@ def test_a_text_file_is_not_a_checkpoint_and_pickled_code_is_refused_in_one_clea
         load_checkpoint(str(tmp_path))
 
 
-def test_ctrl_c_after_the_training_loop_interrupts_as_usual_and_main_guard_makes_it_one_line(capsys, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test, whatever pytest inherited: a shell starts a background
+    job (`cmd &`) with SIGINT ignored, and Python then installs no handler, so Ctrl-C raises nothing."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
+def test_ctrl_c_after_the_training_loop_interrupts_as_usual_and_main_guard_makes_it_one_line(capsys, monkeypatch,
+                                                                                             python_ctrl_c):
     with StopOnSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
