@@ -15,7 +15,8 @@ gpt2_<K>  : GPT-2's BPE with only its first K - 256 merges (vocabulary K, 256 < 
             A BPE vocabulary is a ranked list: GPT-2's tokens 0..255 are the 256 bytes and token 256 + m is
             the m-th merge it learned, most useful first. Stopping after K - 256 merges gives a smaller
             vocabulary whose ids are GPT-2's own, that still encodes any text (the bytes are all in it),
-            and whose tokens are the common pieces of English (" the", "ing", " restaurant" at 2048).
+            and whose tokens are the common pieces of English (" the", "ing", " world"; GPT-2's later
+            tokens, such as " restaurant" = 7072, are spelled from them).
             Why the demo uses it: a small model's cost per token barely grows with K = 2048 (the output
             layer is 2048 × n_embd), but each token carries ~2.6 bytes of the demo's corpus instead of 1
             (prepare.py prints the figure), so the same CPU minutes pretrain on ~2.5 × as much text and
@@ -69,6 +70,7 @@ class GPT2Tokenizer:
         finally:
             socket.setdefaulttimeout(old_timeout)
         if vocab_size is not None:   # keep the first vocab_size ranks: the bytes, then the first merges
+            # (tiktoken has no public reader of an encoding's ranks; _mergeable_ranks is what it builds from)
             kept = {piece: rank for piece, rank in self.enc._mergeable_ranks.items() if rank < vocab_size}
             self.enc = tiktoken.Encoding(name=f"gpt2_{vocab_size}", pat_str=self.enc._pat_str,
                                          mergeable_ranks=kept, special_tokens={})
