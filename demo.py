@@ -57,7 +57,7 @@ class DemoConfig:
     test_prompts: int = setting(30, min=1)    # E2E test MRs decoded for BLEU
     test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
-    long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 25 minutes)
+    long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 19 minutes)
     quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
 
 
