@@ -21,16 +21,17 @@ its learning rate picked per base), and results.md gets a second table, a line a
 iterations, its corpus val loss, its own val loss on the task, each method's, and the share of the gap
 between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
 draws that share for each method against the bases' pretraining iterations. Bases of 1×, 4× and 16× the
-demo's pretraining (640 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
+demo's pretraining (400 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
 
-    python train.py config/demo_pretrain.toml --max_iters=2560 --lr_decay_iters=2560 --out_dir=out/base_4x
-    python train.py config/demo_pretrain.toml --max_iters=10240 --lr_decay_iters=10240 --out_dir=out/base_16x
+    python train.py config/demo_pretrain.toml --max_iters=1600 --lr_decay_iters=1600 --out_dir=out/base_4x
+    python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --out_dir=out/base_16x
     python compare.py --bases=out/demo/base/best.pt,out/base_4x/best.pt,out/base_16x/best.pt \
         --methods=prefix,lora,ft --sizes=0 --p_sweep=10     # the main grid is then the 1× line's cells
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
-base's weights (their fingerprint) and the cell's settings; a rerun skips the cells already there, so
-an interrupted grid resumes, while another base or task in the same out_dir runs cells of its own.
+base's weights (their fingerprint), the cell's settings and how many val and test examples scored it;
+a rerun skips the cells already there, so an interrupted grid resumes, while another base or task in
+the same out_dir runs cells of its own.
 Writes <out_dir>/results.md and the plots beside it.
 """
 import contextlib
@@ -221,7 +222,9 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
     made the row, the task and the base's weights too: another base or task in the same out_dir runs its
     own cells instead of reading these."""
     init = "" if cfg.init == "random" or method not in PREFIX_METHODS else "|init=text"   # old keys stay valid
-    key = f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}"
+    # how many val and test examples scored it: a row scored on fewer is not the same measurement
+    scored = f"val={cfg.val_examples}|test={cfg.test_examples if b.data['labels'] else cfg.test_prompts}"
+    key = f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}|{scored}"
     if key not in results.rows:
         row = run_cell(cfg, rt, b, method, seed, size, lr, p)
         results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,

@@ -190,3 +190,14 @@ def test_init_text_starts_prefixes_from_words_and_keeps_its_own_cells(sst2_setup
     assert len(rows) == 2 and "|prefix|init=text|" in rows[1]["cell"] and "init=text" not in rows[0]["cell"]
     compare.main(sst2_setup + [out, "--methods=prefix", "--init=text"])       # reused, not rerun
     assert len(seen) == 2
+
+
+def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst2_setup, tmp_path):
+    """The key holds how many val and test examples scored the row: a rerun with another count must not
+    print the old row as if it had been scored on the new one."""
+    out = f"--out_dir={tmp_path}/cmp"
+    for extra in ([], ["--val_examples=3"], ["--test_examples=4"], ["--test_examples=4"]):
+        compare.main(sst2_setup + [out, "--methods=prefix"] + extra)
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    assert len(rows) == 3 and len({r["cell"] for r in rows}) == 3     # the last run reused the third's row
+    assert "|val=3|" in rows[1]["cell"] and "|test=4" in rows[2]["cell"]
