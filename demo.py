@@ -20,10 +20,14 @@ three tasks, a small prefix for each, and full fine-tuning of the same base besi
 Every step is one of the project's own commands, printed before it runs, so each can be rerun alone.
 The demo's folders (data/e2e, data/sst2, data/demo, out/demo by default) are its own and are rebuilt.
 `--long` trains longer for better numbers (the README's second table); `--quick` checks the pipeline.
+`--sst2` is the in-domain SST-2 run: --long's base, sentiment alone, 3200 tuning steps, seeds 0, 1, 2 (mean
+± std); `--base=PATH` tunes an existing base instead of pretraining one (e.g. --long's, for --sst2).
 """
 import json
 import re
+import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -52,13 +56,28 @@ class DemoConfig:
     tasks: list[str] = setting(list(TASKS), choices=tuple(TASKS))
     pretrain_iters: int = setting(0, min=0)   # pretraining steps; 0: 400 (gpt2_2048) or 600 (byte), ~2.5 CPU minutes
     steps: int = setting(60, min=1)           # tuning steps, the same for a prefix and for fine-tuning
+    sentiment_steps: int = setting(150, min=1)   # the same for sentiment, whose examples are short (a sentence
+                                                 # and a word): a step costs a third of E2E's, and the answer's
+                                                 # words alone take its prefix ~100 steps to learn
+    seeds: list[int] = setting([1337], min=0)  # the tunings' seeds; several: every number is mean ± std over them
+    base: str = ""                 # a base to tune (a train.py best.pt) instead of pretraining one
     ft_learning_rate: float = setting(1e-3, gt=0.0)   # full fine-tuning (the prefixes' rates are in their TOML)
     facts_copies: int = setting(3, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
     test_prompts: int = setting(30, min=1)    # E2E test MRs decoded for BLEU
     test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
     long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 19 minutes)
+    sst2: bool = False             # SST-2 in depth: --long's base, sentiment alone, 3200 steps, seeds 0,1,2
     quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
+
+    def validate(self):
+        if not self.tasks or not self.seeds:
+            raise ValueError("--tasks and --seeds need at least one value each")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"--seeds repeats a seed ({self.seeds}): mean ± std needs different runs")
+        if self.base and not os.path.isfile(self.base):
+            raise ValueError(f"--base={self.base}: no such file (a train.py checkpoint, such as "
+                             "out/demo_long/base/best.pt after `python demo.py --long`)")
 
 
 def run(cmd: list[str]) -> str:
@@ -77,6 +96,13 @@ def run(cmd: list[str]) -> str:
     return "".join(lines)
 
 
+def spread(values: list[float], digits: int) -> str:
+    """One run's number, or mean ± std over the seeds' runs."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def names_copied(completions: list[dict]) -> float:
     """% of E2E outputs that name the restaurant given in the input (name[...] of the MR)."""
     hits = [m.group(1) in c["completion"] for c in completions
@@ -84,76 +110,97 @@ def names_copied(completions: list[dict]) -> float:
     return 100 * sum(hits) / max(len(hits), 1)
 
 
-def main(argv):
+def settings(argv) -> DemoConfig:
+    """The demo's settings from the command line, with what --long and --sst2 change (except where a
+    setting was given explicitly)."""
     cfg = DemoConfig()
     seen = parse(argv, cfg, prog="demo.py", description=__doc__.split("\n\n")[0])
     byte = cfg.tokenizer == "byte"
     cfg.pretrain_config = cfg.pretrain_config or f"config/demo_pretrain{'_byte' if byte else ''}.toml"
     cfg.pretrain_iters = cfg.pretrain_iters or (600 if byte else 400)
-    if cfg.long:   # 6 × the pretraining, 6.7 × the tuning, except what was set explicitly
+    if cfg.long or cfg.sst2:   # 6 × the pretraining, 6.7 × the tuning, except what was set explicitly
         cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=6 * cfg.pretrain_iters, steps=400,
-                                                    test_prompts=50).items() if k not in seen})
+                                                    sentiment_steps=400, test_prompts=50).items() if k not in seen})
+    if cfg.sst2:   # the in-domain SST-2 run: the prefix's decision is slow to learn, so 8 × --long's steps
+        cfg = replace(cfg, **{k: v for k, v in dict(tasks=["sentiment"], sentiment_steps=3200, seeds=[0, 1, 2],
+                                                    out_dir="out/demo_sst2").items() if k not in seen})
+    return cfg
+
+
+def main(argv):
+    cfg = settings(argv)
     py, out, t0 = sys.executable, cfg.out_dir, time.time()
     pre = [f"--max_iters={cfg.pretrain_iters}", f"--lr_decay_iters={cfg.pretrain_iters}",
            f"--eval_interval={cfg.pretrain_iters}"]   # one estimate at the end: the tables use the tasks' losses
-    steps = 15 if cfg.quick else cfg.steps
     if cfg.quick:
         pre = ["--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--log_interval=10"]
-    tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
-            "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
     limit = ["--max_examples=5"] if cfg.quick else []
 
     e2e, sst2, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/sst2", f"{cfg.data_dir}/demo"
     run([py, "data/e2e/prepare.py", "--out_dir", e2e])
     run([py, "data/sst2/prepare.py", "--out_dir", sst2])
-    run([py, "data/shakespeare/prepare.py", "--out_dir", corpus, "--tokenizer", cfg.tokenizer,
-         "--extra_text", f"{sst2}/train_text.txt"]
-        + ["--extra_text", f"{e2e}/train_facts.txt"] * cfg.facts_copies)
-    run([py, "train.py", cfg.pretrain_config, f"--data_dir={corpus}", f"--out_dir={out}/base", "--overwrite"] + pre)
-    base = f"{out}/base/best.pt"
+    base = cfg.base or f"{out}/base/best.pt"
+    if not cfg.base:   # pretrain the base on its corpus
+        run([py, "data/shakespeare/prepare.py", "--out_dir", corpus, "--tokenizer", cfg.tokenizer,
+             "--extra_text", f"{sst2}/train_text.txt"]
+            + ["--extra_text", f"{e2e}/train_facts.txt"] * cfg.facts_copies)
+        run([py, "train.py", cfg.pretrain_config, f"--data_dir={corpus}", f"--out_dir={out}/base", "--overwrite"] + pre)
 
     rows, requests = [], []
     for task in cfg.tasks:
         folder, stem, toml, scoring, request = TASKS[task]
         data = lambda split: f"{cfg.data_dir}/{folder}/{stem}{split}.jsonl"  # noqa: E731
-        files = [f"--train_file={data('train')}", f"--val_file={data('val')}", "--overwrite"]
-        run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix"] + files + tune)
-        run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_ft", "--method=ft",
-             f"--learning_rate={cfg.ft_learning_rate}", f"--min_lr={cfg.ft_learning_rate / 10}"] + files + tune)
-        prefix, tuned = f"{out}/{task}_prefix/prefix.pt", f"{out}/{task}_ft/model.pt"
-        summary = {m: read_json(f"{out}/{task}_{m}/summary.json") for m in ("prefix", "ft")}
-        row = {"task": task, "trainable": summary["prefix"]["trainable"], "percent": summary["prefix"]["percent"],
-               "base": summary["prefix"]["val_loss_base"], "prefix": summary["prefix"]["best_val_loss"],
-               "ft": summary["ft"]["best_val_loss"]}
         test = data("test")
-        if scoring == "generate":     # BLEU on test MRs: the base alone and the prefix in mixed batches
-            n = ["--max_examples=5"] if cfg.quick else [f"--max_examples={cfg.test_prompts}"]
-            text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
-                        f"--data={test}", f"--beam={cfg.beam}", f"--out={out}/{task}_completions.jsonl",
-                        "--overwrite"] + n)
-            text += run([py, "evaluate.py", "--mode=generate", f"--ckpt={tuned}", f"--data={test}",
-                         f"--beam={cfg.beam}", f"--out={out}/{task}_ft_completions.jsonl", "--overwrite"] + n)
-            scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
-            row["metric"], row["scores"] = "BLEU-4", scores
-            base_and_prefix, tuned_rows = (read_jsonl(path, need=("prefix", "prompt", "completion"))
-                                           for path in (f"{out}/{task}_completions.jsonl",
-                                                        f"{out}/{task}_ft_completions.jsonl"))
-            row["names"] = [names_copied([c for c in base_and_prefix if c["prefix"] == "no prefix"]),
-                            names_copied([c for c in base_and_prefix if c["prefix"] != "no prefix"]),
-                            names_copied(tuned_rows)]
-        elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
-            text = run([py, "evaluate.py", "--mode=classify", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
-                        f"--data={test}"] + limit)
-            text += run([py, "evaluate.py", "--mode=classify", f"--ckpt={tuned}", f"--data={test}"] + limit)
-            row["metric"], row["scores"] = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
-        else:                         # loss on the test reviews
-            n = limit or [f"--max_examples={cfg.test_reviews}"]
-            text = run([py, "evaluate.py", "--mode=loss", f"--ckpt={base}", "--with_base", f"--prefix={prefix}",
-                        f"--data={test}"] + n)
-            text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
-            row["metric"], row["scores"] = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
+        files = [f"--train_file={data('train')}", f"--val_file={data('val')}", "--overwrite"]
+        steps = 15 if cfg.quick else cfg.sentiment_steps if task == "sentiment" else cfg.steps
+        tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
+                "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
+        row = {"task": task, "steps": steps, "prefix": [], "ft": [], "scores": [], "names": []}
+        for i, seed in enumerate(cfg.seeds):   # the base alone is scored once, with the first seed
+            tag = "" if len(cfg.seeds) == 1 else f"_s{seed}"
+            run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix{tag}",
+                 f"--seed={seed}"] + files + tune)
+            run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_ft{tag}", "--method=ft",
+                 f"--learning_rate={cfg.ft_learning_rate}", f"--min_lr={cfg.ft_learning_rate / 10}",
+                 f"--seed={seed}"] + files + tune)
+            prefix, tuned = f"{out}/{task}_prefix{tag}/prefix.pt", f"{out}/{task}_ft{tag}/model.pt"
+            summary = {m: read_json(f"{out}/{task}_{m}{tag}/summary.json") for m in ("prefix", "ft")}
+            row.update(trainable=summary["prefix"]["trainable"], percent=summary["prefix"]["percent"],
+                       base=summary["prefix"]["val_loss_base"])
+            row["prefix"].append(summary["prefix"]["best_val_loss"])
+            row["ft"].append(summary["ft"]["best_val_loss"])
+            with_base = ["--with_base"] if i == 0 else []
+            if scoring == "generate":     # BLEU on test MRs: the base alone and the prefix in mixed batches
+                n = ["--max_examples=5"] if cfg.quick else [f"--max_examples={cfg.test_prompts}"]
+                mine, theirs = f"{out}/{task}_completions{tag}.jsonl", f"{out}/{task}_ft_completions{tag}.jsonl"
+                text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                            f"--data={test}", f"--beam={cfg.beam}", f"--out={mine}", "--overwrite"] + n)
+                text += run([py, "evaluate.py", "--mode=generate", f"--ckpt={tuned}", f"--data={test}",
+                             f"--beam={cfg.beam}", f"--out={theirs}", "--overwrite"] + n)
+                scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
+                row["metric"] = "BLEU-4"
+                both, tuned_rows = (read_jsonl(path, need=("prefix", "prompt", "completion")) for path in (mine, theirs))
+                names = [names_copied([c for c in both if c["prefix"] == "no prefix"])] if i == 0 else []
+                row["names"].append(names + [names_copied([c for c in both if c["prefix"] != "no prefix"]),
+                                             names_copied(tuned_rows)])
+            elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
+                text = run([py, "evaluate.py", "--mode=classify", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                            f"--data={test}"] + limit)
+                text += run([py, "evaluate.py", "--mode=classify", f"--ckpt={tuned}", f"--data={test}"] + limit)
+                row["metric"], scores = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
+            else:                         # loss on the test reviews
+                n = limit or [f"--max_examples={cfg.test_reviews}"]
+                text = run([py, "evaluate.py", "--mode=loss", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                            f"--data={test}"] + n)
+                text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
+                row["metric"], scores = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
+            row["scores"].append(scores if i == 0 else row["scores"][0][:1] + scores)
+            if row["names"] and i > 0:
+                row["names"][-1] = row["names"][0][:1] + row["names"][-1]
         rows.append(row)
-        requests.append({"prefix": prefix, "prompt": request or read_jsonl(test, need=("prompt",))[0]["prompt"]})
+        first = "" if len(cfg.seeds) == 1 else f"_s{cfg.seeds[0]}"
+        requests.append({"prefix": f"{out}/{task}_prefix{first}/prefix.pt",
+                         "prompt": request or read_jsonl(test, need=("prompt",))[0]["prompt"]})
     requests.append({"prefix": "", "prompt": requests[0]["prompt"]})   # the base alone, for contrast
 
     path = f"{out}/requests.jsonl"
@@ -161,16 +208,22 @@ def main(argv):
     run([py, "sample.py", f"--ckpt={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
-    print(f"\n=== one frozen base, {len(rows)} tasks: val loss (per {'byte' if byte else 'token'}) of the base alone, with the task's "
-          f"prefix, and fine-tuned for the same {steps} steps ===")
+    over = "" if len(cfg.seeds) == 1 else f"; mean ± std over seeds {', '.join(map(str, cfg.seeds))}"
+    steps = ", ".join(f"{r['task']} {r['steps']}" for r in rows)
+    print(f"\n=== one frozen base, {len(rows)} task{'s' * (len(rows) > 1)}: val loss (nats per token) of the base alone, "
+          f"with the task's prefix, and fine-tuned for the same steps as its prefix ({steps}){over} ===")
     print(f"{'task':10} {'prefix parameters':>18} {'base':>6} {'prefix':>7} {'FT':>6} {'gap closed':>10}   "
           f"test: base / prefix / FT")
     for r in rows:
-        gap = gap_closed(r["base"], r["prefix"], r["ft"])
-        scores = " / ".join(f"{s:.2f}" for s in r["scores"])
-        extra = f" | names the restaurant: {' / '.join(f'{n:.0f}%' for n in r['names'])}" if "names" in r else ""
-        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {r['prefix']:7.3f} "
-              f"{r['ft']:6.3f} {'n/a' if gap is None else f'{gap:.0f}%':>10}   {r['metric']} {scores}{extra}")
+        gaps = [gap_closed(r["base"], p, f) for p, f in zip(r["prefix"], r["ft"])]
+        gap = "n/a" if None in gaps else spread(gaps, 0) + "%"
+        # the base alone ran once (it has no seed); the prefix and FT once per seed
+        column = lambda runs, j, digits: spread([s[j] for s in runs[:1 if j == 0 else None]], digits)  # noqa: E731
+        scores = " / ".join(column(r["scores"], j, 2) for j in range(3))
+        extra = (" | names the restaurant: " + " / ".join(column(r["names"], j, 0) + "%" for j in range(3))
+                 if r["names"] else "")
+        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {spread(r['prefix'], 3):>7} "
+              f"{spread(r['ft'], 3):>6} {gap:>10}   {r['metric']} {scores}{extra}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 

@@ -1,0 +1,84 @@
+"""demo.py, the main job: what --long and --sst2 set, settings refused before any step runs, numbers over
+several seeds shown as mean ± std, and --base tuning an existing base (no corpus, no pretraining) end to end
+in the quick form on small local data."""
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import demo
+from checkpoint import save_checkpoint
+from cli import UsageError
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+
+def test_spread_is_the_number_for_one_run_and_mean_plus_minus_std_for_several():
+    assert demo.spread([0.5], 2) == "0.50"
+    assert demo.spread([1.0, 2.0, 3.0], 1) == "2.0 ± 1.0"      # sample std, as compare.py's tables
+
+
+def test_sst2_and_long_set_their_runs_except_what_was_given():
+    default, long, sst2 = demo.settings([]), demo.settings(["--long"]), demo.settings(["--sst2"])
+    assert (default.pretrain_iters, default.steps, default.sentiment_steps, default.seeds) == (400, 60, 150, [1337])
+    assert (long.pretrain_iters, long.steps, long.sentiment_steps, long.test_prompts) == (2400, 400, 400, 50)
+    assert (sst2.pretrain_iters, sst2.tasks, sst2.sentiment_steps, sst2.seeds, sst2.out_dir) == (
+        2400, ["sentiment"], 3200, [0, 1, 2], "out/demo_sst2")
+    mine = demo.settings(["--sst2", "--seeds=7", "--sentiment_steps=50", "--out_dir=elsewhere"])
+    assert (mine.seeds, mine.sentiment_steps, mine.out_dir, mine.pretrain_iters) == ([7], 50, "elsewhere", 2400)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--seeds="], "at least one"), (["--tasks="], "at least one"), (["--seeds=3,3"], "repeats a seed"),
+    (["--base=no/such/best.pt"], "no such file"), (["--tasks=e2e,poetry"], "must be one of")])
+def test_bad_settings_stop_the_demo_before_any_step_runs(flags, needle, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cmd: ran.append(cmd) or "")
+    with pytest.raises(UsageError, match=needle):
+        demo.main(flags)
+    assert ran == []
+
+
+def e2e_csv(n_mrs: int) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow(["mr", "ref"])
+    for i in range(n_mrs):
+        mr = f"name[Place {i}], food[{('Thai', 'French')[i % 2]}]"
+        w.writerows([[mr, f"Place {i} serves {('Thai', 'French')[i % 2]} food."], [mr, f"Try Place {i}."]])
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
+    """--base: no corpus is built and nothing is pretrained; --seeds=0,1: a prefix and a fine-tuning per seed,
+    in folders of their own, and the table's prefix, FT and gap columns as mean ± std of the two."""
+    (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    words = ["a", "fine", "film", "about", "love", "and", "loss", "that", "never", "quite", "works", "."]
+    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{' '.join(words[:8 + i % 4])} {i}\t{i % 2}\n" for i in range(1100)), encoding="utf-8")
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\na dull , tired film .\t0\na warm and funny film .\t1\n",
+                                  encoding="utf-8")
+    base = tmp_path / "base" / "best.pt"
+    base.parent.mkdir()
+    save_checkpoint(str(base), GPT(GPTConfig(block_size=160, vocab_size=256, n_layer=1, n_head=2, n_embd=16)), "byte")
+    env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}
+    res = subprocess.run([sys.executable, "demo.py", "--quick", f"--base={base}", "--tasks=sentiment", "--seeds=0,1",
+                          f"--out_dir={tmp_path}/out", f"--data_dir={tmp_path}/data"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert "train.py" not in res.stdout and not (tmp_path / "data" / "demo").exists()   # nothing pretrained
+    for seed in (0, 1):
+        assert (tmp_path / "out" / f"sentiment_prefix_s{seed}" / "prefix.pt").is_file()
+        assert (tmp_path / "out" / f"sentiment_ft_s{seed}" / "model.pt").is_file()
+    assert res.stdout.count("--with_base") == 1          # the base alone is scored once, not once a seed
+    row = re.search(r"sentiment .*", res.stdout.split("===")[-1]).group(0)
+    pm = r"\d+\.\d+ ± \d+\.\d+"
+    assert re.search(rf"\([\d.]+%\)\s+\d+\.\d+ {pm} {pm}\s+-?\d+ ± \d+%\s+accuracy % [\d.]+ / {pm} / {pm}$", row), row
+    assert "mean ± std over seeds 0, 1" in res.stdout
