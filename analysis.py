@@ -1,11 +1,15 @@
 """
 analysis.py — looking inside a prefix: how much of each head's attention it takes, and which vocabulary
-tokens a soft prompt lies near. The course's questions (ASSIGNMENTS.md) are answered with these.
+tokens a soft prompt lies near; and inside a frozen base: what a linear probe reads from each layer (what
+any method that leaves the base frozen has to work with). The course's questions (ASSIGNMENTS.md) are
+answered with these.
 
     layers = attention_maps(model, idx, prefix_kv)    # per layer: the weights with the prefix, and without it
     mass = prefix_mass(model, idx, prefix_kv)         # (n_layer, n_head), each in [0, 1]
     plot_mass(mass, "mass.png", "E2E prefix")         # a layer × head heatmap
     ids, sims = nearest_tokens(prompt.soft_embeds, model.transformer.wte.weight, k=3)
+    feats = layer_features(model, idx)                # (n_layer + 2, 2, C): last position, mean over positions
+    accuracy = linear_probe(x_train, y_train, x_test, y_test)
 
 What a prefix can and cannot do to one attention layer (Petrov, Torr & Bibi, ICLR 2024): its keys join
 the tokens' keys in one softmax, so for a query with prefix mass m the weights over the input's own tokens
@@ -128,3 +132,44 @@ def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor, k: int = 1):
     top = sims.topk(k, dim=-1)
     return top.indices, top.values
     # END SOLUTION
+
+
+# -- what a frozen base already computes ------------------------------------------------------------
+
+@torch.no_grad()
+def layer_features(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """What each layer holds about one sequence, for probing. idx (1, T) → (n_layer + 2, 2, C): for the
+    embeddings (token + position), each block's output and the final LayerNorm's, the vector at the last
+    position (where the next token, e.g. a label, is predicted) and the mean over all positions."""
+    T = idx.size(1)
+    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(T, device=idx.device))   # (1, T, C)
+    states = [x]
+    for block in model.transformer.h:
+        x, _ = block(x, None, None, model.fast_attention)                                          # (1, T, C)
+        states.append(x)
+    states.append(model.transformer.ln_f(x))
+    h = torch.cat(states)                                                           # (n_layer + 2, T, C)
+    return torch.stack([h[:, -1], h.mean(dim=1)], dim=1)                            # (n_layer + 2, 2, C)
+
+
+def linear_probe(x_train, y_train, x_test, y_test, weight_decay: float = 1e-3, iters: int = 200) -> float:
+    """Test accuracy of a logistic regression fitted on frozen features: x (N, D) floats, y (N,) class ids.
+    Features are standardised with the training set's mean and std; the weights W (D, K) and bias b (K,)
+    minimise cross_entropy(x W + b, y) + weight_decay · ‖W‖² by L-BFGS (a convex problem: no learning rate
+    to tune, and the same answer from every start)."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    a, b = (x_train - mean) / std, (x_test - mean) / std                              # (N, D), (M, D)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    w = torch.zeros(a.size(1), k, requires_grad=True)                                # (D, K)
+    bias = torch.zeros(k, requires_grad=True)                                         # (K,)
+    opt = torch.optim.LBFGS([w, bias], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + bias, y_train) + weight_decay * (w ** 2).sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return ((b @ w + bias).argmax(dim=1) == y_test).float().mean().item()
