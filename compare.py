@@ -18,8 +18,8 @@ the prompt; on SST-2 they come in rounds of one per label, so every label is sho
 
 The base-budget axis (--bases): every method also runs on each of those bases (every seed, all the data,
 its learning rate picked per base), and results.md gets a second table, a line a base: its pretraining
-iterations, its corpus val loss, its own val loss on the task, each method's, and the share of the gap
-between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
+iterations, its corpus val loss, its own val loss on the task, each method's val loss and first test
+score (BLEU-4, accuracy), and the share of the gap between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
 draws that share for each method against the bases' pretraining iterations. Bases of 1×, 4× and 16× the
 demo's pretraining (400 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
 
@@ -319,15 +319,18 @@ def sweep_table(sweep) -> str:
             + " | ".join(mean_std([r["val_loss"] for r in sweep if r["n_prefix"] == p]) for p in ps) + " |")
 
 
-def budget_table(budget, methods) -> str:
-    """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys."""
+def budget_table(budget, methods, score: tuple[str, str]) -> str:
+    """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys, in val
+    loss and in the task's first test score (score: its row key and heading, e.g. BLEU-4)."""
     gap = "prefix" in methods and "ft" in methods
     head = (["base", "pretraining iterations", "corpus val loss", "base alone: val loss"]
-            + [f"{m}: val loss" for m in methods] + ["prefix: % of the base→FT gap closed"] * gap)
+            + [f"{m}: val loss" for m in methods] + [f"{m}: {score[1]}" for m in methods]
+            + ["prefix: % of the base→FT gap closed"] * gap)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in budget:
         cells = [e["path"], "n/a" if e["iters"] is None else f"{e['iters']:,}", f"{e['corpus']:.3f}", f"{e['val']:.3f}"]
         cells += [mean_std([r["val_loss"] for r in e["rows"] if r["method"] == m]) for m in methods]
+        cells += [mean_std([r.get(score[0]) for r in e["rows"] if r["method"] == m]) for m in methods]
         cells += [mean_std(gap_closed(e["rows"], "prefix", e["val"]), digits=1)] * gap
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -436,7 +439,7 @@ def main(argv):
                        "val": other.data["val_base"], "rows": grid(cfg, rt, other, results, t0, [0], [])[0]})
     if budget:
         md += ("\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n"
-               + budget_table(budget, cfg.methods))
+               + budget_table(budget, cfg.methods, next(iter(SCORES[cfg.task].items()))))
         if "ft" in cfg.methods:
             plot_bases(budget, cfg.methods, cfg.out_dir)
         else:

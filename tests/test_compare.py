@@ -149,6 +149,7 @@ def test_two_bases_give_the_base_budget_table_a_line_each_with_the_share_of_the_
     budget = md[md.index("Base budget"):].splitlines()
     header = next(line for line in budget if line.startswith("| base |"))
     assert "prefix: val loss" in header and "ft: val loss" in header and "% of the base→FT gap closed" in header
+    assert "| prefix: accuracy | ft: accuracy |" in header       # the task's test score beside the loss
     lines = [line for line in budget if line.startswith("| ") and line != header]
     assert [line.split(" | ")[0][2:] for line in lines] == bases and "| 40 |" in lines[1]
     for line in lines:   # ft beats a random base within 3 steps: every line has a share, a number
