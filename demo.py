@@ -24,8 +24,8 @@ The demo's folders (data/e2e, data/sst2, data/demo, out/demo by default) are its
 ± std); `--base=PATH` tunes an existing base instead of pretraining one (e.g. --long's, for --sst2).
 """
 import json
-import re
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -155,8 +155,10 @@ def main(argv):
         steps = 15 if cfg.quick else cfg.sentiment_steps if task == "sentiment" else cfg.steps
         tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
                 "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
+        # per seed: val losses, and test scores as [prefix, FT]; the base alone (no seed) is scored once,
+        # with the first seed's run, into base_score and base_names
         row = {"task": task, "steps": steps, "prefix": [], "ft": [], "scores": [], "names": []}
-        for i, seed in enumerate(cfg.seeds):   # the base alone is scored once, with the first seed
+        for i, seed in enumerate(cfg.seeds):
             tag = "" if len(cfg.seeds) == 1 else f"_s{seed}"
             run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix{tag}",
                  f"--seed={seed}"] + files + tune)
@@ -180,9 +182,10 @@ def main(argv):
                 scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
                 row["metric"] = "BLEU-4"
                 both, tuned_rows = (read_jsonl(path, need=("prefix", "prompt", "completion")) for path in (mine, theirs))
-                names = [names_copied([c for c in both if c["prefix"] == "no prefix"])] if i == 0 else []
-                row["names"].append(names + [names_copied([c for c in both if c["prefix"] != "no prefix"]),
-                                             names_copied(tuned_rows)])
+                if i == 0:
+                    row["base_names"] = names_copied([c for c in both if c["prefix"] == "no prefix"])
+                row["names"].append([names_copied([c for c in both if c["prefix"] != "no prefix"]),
+                                     names_copied(tuned_rows)])
             elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
                 text = run([py, "evaluate.py", "--mode=classify", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + limit)
@@ -194,9 +197,9 @@ def main(argv):
                             f"--data={test}"] + n)
                 text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
                 row["metric"], scores = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
-            row["scores"].append(scores if i == 0 else row["scores"][0][:1] + scores)
-            if row["names"] and i > 0:
-                row["names"][-1] = row["names"][0][:1] + row["names"][-1]
+            if i == 0:
+                row["base_score"] = scores.pop(0)
+            row["scores"].append(scores)
         rows.append(row)
         first = "" if len(cfg.seeds) == 1 else f"_s{cfg.seeds[0]}"
         requests.append({"prefix": f"{out}/{task}_prefix{first}/prefix.pt",
@@ -217,11 +220,10 @@ def main(argv):
     for r in rows:
         gaps = [gap_closed(r["base"], p, f) for p, f in zip(r["prefix"], r["ft"])]
         gap = "n/a" if None in gaps else spread(gaps, 0) + "%"
-        # the base alone ran once (it has no seed); the prefix and FT once per seed
-        column = lambda runs, j, digits: spread([s[j] for s in runs[:1 if j == 0 else None]], digits)  # noqa: E731
-        scores = " / ".join(column(r["scores"], j, 2) for j in range(3))
-        extra = (" | names the restaurant: " + " / ".join(column(r["names"], j, 0) + "%" for j in range(3))
-                 if r["names"] else "")
+        scores = " / ".join([f"{r['base_score']:.2f}"] + [spread([s[j] for s in r["scores"]], 2) for j in (0, 1)])
+        extra = (" | names the restaurant: " + " / ".join(
+            [f"{r['base_names']:.0f}%"] + [spread([s[j] for s in r["names"]], 0) + "%" for j in (0, 1)])
+            if r["names"] else "")
         print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {spread(r['prefix'], 3):>7} "
               f"{spread(r['ft'], 3):>6} {gap:>10}   {r['metric']} {scores}{extra}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
