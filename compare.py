@@ -55,6 +55,7 @@ from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, rea
 from data.tokenizer import get_tokenizer
 from methods import METHODS, attach
 import metrics
+from metrics import mean_std
 from model import room_after
 from prefix import PREFIX_METHODS, count_parameters
 from runlog import CellLog, fmt_time
@@ -264,13 +265,6 @@ def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):
             if not (method == "prefix" and p != cfg.n_prefix):
                 rows.append(r)                        # the table and the low-data curves
     return rows, sweep
-
-
-def mean_std(values, digits=3):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values) if len(values) > 1 else 0:.{digits}f}"
 
 
 def gap_closed(rows, method: str, base_loss: float) -> list[float]:

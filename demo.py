@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from dataclasses import dataclass, replace
 from cli import main_guard, parse, setting
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
-from metrics import gap_closed
+from metrics import gap_closed, mean_std
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
 # request: a fixed prompt, or "" for the test split's first prompt — a held-out input nobody picked)
@@ -94,13 +93,6 @@ def run(cmd: list[str]) -> str:
         raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
     print(f"({time.time() - t0:.1f} s)", flush=True)   # where the demo's minutes go, step by step
     return "".join(lines)
-
-
-def spread(values: list[float], digits: int) -> str:
-    """One run's number, or mean ± std over the seeds' runs."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def names_copied(completions: list[dict]) -> float:
@@ -219,13 +211,13 @@ def main(argv):
           f"test: base / prefix / FT")
     for r in rows:
         gaps = [gap_closed(r["base"], p, f) for p, f in zip(r["prefix"], r["ft"])]
-        gap = "n/a" if None in gaps else spread(gaps, 0) + "%"
-        scores = " / ".join([f"{r['base_score']:.2f}"] + [spread([s[j] for s in r["scores"]], 2) for j in (0, 1)])
+        gap = "n/a" if None in gaps else mean_std(gaps, 0, one_bare=True) + "%"
+        scores = " / ".join([f"{r['base_score']:.2f}"] + [mean_std([s[j] for s in r["scores"]], 2, one_bare=True) for j in (0, 1)])
         extra = (" | names the restaurant: " + " / ".join(
-            [f"{r['base_names']:.0f}%"] + [spread([s[j] for s in r["names"]], 0) + "%" for j in (0, 1)])
+            [f"{r['base_names']:.0f}%"] + [mean_std([s[j] for s in r["names"]], 0, one_bare=True) + "%" for j in (0, 1)])
             if r["names"] else "")
-        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {spread(r['prefix'], 3):>7} "
-              f"{spread(r['ft'], 3):>6} {gap:>10}   {r['metric']} {scores}{extra}")
+        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {mean_std(r['prefix'], 3, one_bare=True):>7} "
+              f"{mean_std(r['ft'], 3, one_bare=True):>6} {gap:>10}   {r['metric']} {scores}{extra}")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 

@@ -1,6 +1,7 @@
 """
 Evaluation metrics in plain Python: corpus BLEU for generation (E2E), accuracy, macro-F1 and a
-confusion matrix for classification (SST-2).
+confusion matrix for classification (SST-2); and how the scripts report them: the share of the base→FT
+gap a method closes, and mean ± std over seeds.
 
     from metrics import corpus_bleu, group_references
     prompts, refs = group_references(prompts, completions)   # E2E: every reference of an MR
@@ -12,6 +13,7 @@ not exactly with papers that use other tokenisers (e.g. the official E2E script 
 """
 import math
 import re
+import statistics
 from collections import Counter
 
 # A token is a run of letters/digits/underscore, or any other single non-space character:
@@ -139,3 +141,14 @@ def gap_closed(base: float, tuned: float, ft: float) -> float | None:
     """How much of the way from the base alone to full fine-tuning a method goes, in %:
     100 · (base − tuned) / (base − ft) on a loss. None when fine-tuning did not beat the base (no gap)."""
     return None if base <= ft else 100 * (base - tuned) / (base - ft)
+
+
+def mean_std(values, digits: int = 3, one_bare: bool = False) -> str:
+    """Runs over seeds as "mean ± std" (sample std; None values skipped, "n/a" when none is left). A single
+    run shows "± 0" (a table's column stays one format) or, with one_bare, the number alone."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if one_bare and len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values) if len(values) > 1 else 0:.{digits}f}"

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from metrics import (accuracy, confusion_matrix, corpus_bleu, format_confusion, group_references, macro_f1,
-                     tokenize)
+                     mean_std, tokenize)
 
 
 @pytest.mark.a8
@@ -155,3 +155,9 @@ def test_format_confusion():
     assert table == ("true \\ pred  negative  positive\n"
                      "negative           40         2\n"
                      "positive            3       155")
+
+
+def test_mean_std_over_seeds_and_a_single_run_as_a_table_or_bare():
+    assert mean_std([1.0, 2.0, 3.0], 1) == "2.0 ± 1.0"                 # the sample std
+    assert mean_std([0.5], 2) == "0.50 ± 0.00" and mean_std([0.5], 2, one_bare=True) == "0.50"
+    assert mean_std([None, 2.0, 4.0], 0) == "3 ± 1" and mean_std([None]) == "n/a"
