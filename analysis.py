@@ -141,14 +141,18 @@ def layer_features(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """What each layer holds about one sequence, for probing. idx (1, T) → (n_layer + 2, 2, C): for the
     embeddings (token + position), each block's output and the final LayerNorm's, the vector at the last
     position (where the next token, e.g. a label, is predicted) and the mean over all positions."""
-    T = idx.size(1)
-    x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(T, device=idx.device))   # (1, T, C)
-    states = [x]
-    for block in model.transformer.h:
-        x, _ = block(x, None, None, model.fast_attention)                                          # (1, T, C)
-        states.append(x)
-    states.append(model.transformer.ln_f(x))
-    h = torch.cat(states)                                                           # (n_layer + 2, T, C)
+    # read where the model's own trunk computes them (hooks, as attention_maps does), not recomputed here
+    states = []
+
+    def read(_module, _args, output):
+        states.append(output[0] if isinstance(output, tuple) else output)               # (1, T, C)
+    hooks = [m.register_forward_hook(read) for m in (model.transformer.drop, *model.transformer.h)]
+    try:
+        final, _ = model.trunk(model.transformer.wte(idx))                              # after ln_f: (1, T, C)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    h = torch.cat(states + [final])                                                 # (n_layer + 2, T, C)
     return torch.stack([h[:, -1], h.mean(dim=1)], dim=1)                            # (n_layer + 2, 2, C)
 
 
