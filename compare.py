@@ -19,9 +19,10 @@ the prompt; on SST-2 they come in rounds of one per label, so every label is sho
 The base-budget axis (--bases): every method also runs on each of those bases (every seed, all the data,
 its learning rate picked per base), and results.md gets a second table, a line a base: its pretraining
 iterations, its corpus val loss, its own val loss on the task, each method's val loss and first test
-score (BLEU-4, accuracy), and the share of the gap between the base alone and ft that prefix closes, (base - prefix) / (base - ft) per seed. results_bases.png
-draws that share for each method against the bases' pretraining iterations. Bases of 1×, 4× and 16× the
-demo's pretraining (400 steps; the 1× is the demo's own base, made by `make demo` with its corpus):
+score (BLEU-4, accuracy), and the share of the gap between the base alone and ft that prefix closes,
+(base - prefix) / (base - ft) per seed. results_bases.png draws that share for each method against the
+bases' pretraining iterations. Bases of 1×, 4× and 16× the demo's pretraining (400 steps; the 1× is the
+demo's own base, made by `make demo` with its corpus):
 
     python train.py config/demo_pretrain.toml --max_iters=1600 --lr_decay_iters=1600 --out_dir=out/base_4x
     python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --out_dir=out/base_16x
