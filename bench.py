@@ -7,6 +7,7 @@ Hugging Face transformers + PEFT.
     python bench.py --nanogpt_dir=../nanoGPT          # and nanoGPT itself, taking turns with prefixgpt
     python bench.py --suite=prefix --size=both        # tuning step, decoding, mixed batches, profiles
     python bench.py --suite=prefix --quick            # the same at tiny settings (seconds; a smoke test)
+    python bench.py --suite=prefix --size=both --device=cuda   # on a GPU, bf16 (about 4 minutes on an H100)
 
 --suite=prefix is described at prefix_suite below. The rest of this note is about pretraining.
 
@@ -267,7 +268,14 @@ def pretrain_suite(cfg: BenchConfig) -> dict:
 #      full: with the KV cache, without it, and transformers' generate with the prefix as its cache;
 #   3. 16 different prefixes (4..19 slots) and 16 prompts: one mixed batch vs one row after another,
 #      and transformers one after another (PEFT cannot batch different prefixes: its issue #759);
-#   4. where the time goes: torch.profiler's top operators in one tuning step and one decoding step.
+#   4. where the time goes: torch.profiler's top operators in one tuning step and one decoding step,
+#      and (vocabularies that are not a multiple of 64, GPT-2's 50,257) the output head's two matmuls
+#      against the same head padded to a multiple of 64;
+#   5. (CUDA, gpt2 only) the largest batch of 1014-token sequences whose tuning step fits in the card's
+#      memory: prefix tuning against full fine-tuning.
+# With --device=cuda the tuning batches are larger (GPU_WORKLOADS: the CPU's would time kernel launches),
+# and bf16 autocast is used where the card has it. `python devicecheck.py --device=cuda` checks that
+# the same paths compute there what they compute on the CPU.
 # transformers and peft are needed for their columns only; without them those are skipped.
 
 # toy keeps nanoGPT's exact GELU (as the README's toy models do), gpt2 GPT-2's tanh form; transformers
@@ -289,6 +297,8 @@ class Workload:
 
 WORKLOADS = {"toy": Workload(12, 64, 256, 32, 8), "gpt2": Workload(4, 64, 1024, 32, 6)}
 QUICK = {"toy": Workload(2, 16, 64, 4, 2), "gpt2": Workload(1, 16, 64, 2, 2)}
+# on a GPU, the CPU's tuning batches would time kernel launches, not work: batches that fill the card
+GPU_WORKLOADS = {"toy": Workload(64, 240, 256, 32, 8), "gpt2": Workload(16, 1000, 1024, 32, 6)}
 
 
 def race(fns: dict, rounds: int, device: str) -> dict[str, float]:
@@ -432,7 +442,7 @@ def decoding_fns(model, hf, transformers, w: Workload, device: str) -> tuple[dic
     if hf is not None:
         mask = torch.ones(1, N_PREFIX + PROMPT, dtype=torch.long, device=device)
         fns["transformers generate"] = lambda: hf.generate(
-            prompt, cache=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n_new,
+            prompt, past_key_values=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n_new,
             min_new_tokens=n_new, do_sample=False, pad_token_id=0)
         tokens["transformers generate"] = n_new
     return fns, tokens
@@ -449,7 +459,7 @@ def serving_fns(model, hf, transformers, w: Workload, device: str) -> dict:
     def hf_one(kv, ids):
         x = torch.tensor([ids], device=device)
         mask = torch.ones(1, kv[0][0].size(2) + len(ids), dtype=torch.long, device=device)
-        return hf.generate(x, cache=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n,
+        return hf.generate(x, past_key_values=hf_cache(transformers, kv), attention_mask=mask, max_new_tokens=n,
                            min_new_tokens=n, do_sample=False, pad_token_id=0)
     fns = {"one mixed batch": lambda: decode_rows(model, rows, n, None),
            "one after another": lambda: [decode_rows(model, [row], n, None) for row in rows]}
@@ -465,8 +475,85 @@ def top_ops(fn, device: str, n: int = 10) -> str:
     with profile(activities=activities) as prof:
         fn()
         sync(device)
-    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=n)
+
+
+def head_cost(model, w: Workload, rt, rounds: int) -> dict:
+    """Seconds of the output head's two matmuls in a tuning step (logits = h·Wᵀ, and the gradient to h),
+    with the vocabulary as it is and padded up to a multiple of 64. GPU matmul kernels want dimensions
+    that are multiples of 8 or more; GPT-2's 50,257 is odd (nanoGPT pads it to 50,304 for this)."""
+    C, V = model.config.n_embd, model.config.vocab_size
+    padded = -(-V // 64) * 64
+    h = torch.randn(w.tune_batch * w.tune_T, C, device=rt.device, requires_grad=True)
+    weights = {"as it is": torch.randn(V, C, device=rt.device) * 0.02,
+               "padded": torch.randn(padded, C, device=rt.device) * 0.02}
+
+    def head(W):
+        def fn():
+            with rt.autocast:
+                logits = h @ W.t()                                              # (N, V)
+            h.grad = None
+            logits.backward(torch.ones_like(logits))                            # dL/dh = g·W
+        return fn
+    t = race({k: head(W) for k, W in weights.items()}, rounds, rt.device)
+    return {**t, "vocab": padded}
+
+
+def largest_batch(make_step, limit: int = 1024) -> int:
+    """The largest batch for which make_step(batch)() runs without running out of GPU memory: doubling
+    from 1, then halving the interval. 0 if even one row does not fit. CUDA only."""
+    def fits(batch):
+        try:
+            make_step(batch)()
+            torch.cuda.synchronize()
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+    if not fits(1):
+        return 0
+    good = 1
+    while good * 2 <= limit and fits(good * 2):
+        good *= 2
+    bad = min(good * 2, limit + 1)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def memory_limits(model, rt, T: int) -> dict:
+    """Section 5: the largest batch of T-token sequences whose tuning step fits in GPU memory, for prefix
+    tuning (frozen base: no weight gradients, no optimiser state for it) and full fine-tuning."""
+    import copy
+    import gc
+
+    def stepper(m, prefix, opt):
+        def make_step(batch):
+            def step():
+                x = torch.randint(0, m.config.vocab_size, (batch, T), device=rt.device)
+                opt.zero_grad(set_to_none=True)
+                with rt.autocast:
+                    loss = m(x, x, prefix_kv=None if prefix is None else prefix(m))[1]
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return step
+        return make_step
+    out = {}
+    frozen = freeze(copy.deepcopy(model)).train()
+    prefix = PrefixTuning(model.config, N_PREFIX).to(rt.device)
+    out["prefix tuning"] = largest_batch(stepper(frozen, prefix, make_adamw(prefix, 1e-3, 0.0, device_type=rt.device_type)))
+    del frozen, prefix
+    gc.collect()
+    full = copy.deepcopy(model).train()
+    out["full fine-tuning"] = largest_batch(stepper(full, None, make_adamw(full, 1e-3, 0.1, device_type=rt.device_type)))
+    del full
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
 
 
 def mib(b: float) -> str:
@@ -474,7 +561,7 @@ def mib(b: float) -> str:
 
 
 def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
-    w = (QUICK if cfg.quick else WORKLOADS)[size]
+    w = (QUICK if cfg.quick else GPU_WORKLOADS if rt.device.startswith("cuda") else WORKLOADS)[size]
     rounds = 1 if cfg.quick else (cfg.rounds if size == "toy" else max(2, cfg.rounds // 2))
     model, hf = build_models(size, w.block, rt.device, transformers)
     c = model.config
@@ -526,7 +613,7 @@ def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
               f"x{rate['one mixed batch'] / rate['transformers, one after another']:.2f}")
     res["serve"] = rate
 
-    print(f"\n4. where the time goes: one prefix-tuning step")
+    print("\n4. where the time goes: one prefix-tuning step")
     print(top_ops(steps["prefix tuning"][0], rt.device))
     kv = random_prefix_kv(c, N_PREFIX, rt.device, seed=2)
     cache = KVCache(c, 1, N_PREFIX + PROMPT + 1, kv)
@@ -534,6 +621,23 @@ def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
         model.step(torch.zeros(1, PROMPT, dtype=torch.long, device=rt.device), cache)
         print(f"one decoding step, batch 1, with the cache after {N_PREFIX + PROMPT} slots")
         print(top_ops(lambda: model.step(torch.zeros(1, 1, dtype=torch.long, device=rt.device), cache), rt.device))
+    if c.vocab_size % 64:
+        padded = head_cost(model, w, rt, rounds)
+        print(f"the output head alone (logits and their input gradient, {w.tune_batch * w.tune_T} positions): "
+              f"vocab {c.vocab_size} {1000 * padded['as it is']:.2f} ms, padded to {padded['vocab']} "
+              f"{1000 * padded['padded']:.2f} ms (x{padded['padded'] / padded['as it is']:.2f})")
+        res["head"] = padded
+    if rt.device.startswith("cuda") and size == "gpt2":   # GPT-2 small's memory limit (goal 6)
+        T = w.block - N_PREFIX
+        limits = memory_limits(model, rt, T)
+        total = torch.cuda.get_device_properties(rt.device).total_memory
+        print(f"\n5. the largest batch of {T}-token sequences one tuning step fits in {total / 2 ** 30:.0f} GiB "
+              f"of GPU memory ({rt.dtype} autocast, AdamW)")
+        for k, b in limits.items():
+            print(f"{k:20} {b:6d} sequences")
+        if limits["full fine-tuning"]:
+            print(f"prefix tuning / full fine-tuning: x{limits['prefix tuning'] / limits['full fine-tuning']:.2f}")
+        res["largest_batch"] = limits
     return res
 
 

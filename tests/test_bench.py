@@ -46,3 +46,34 @@ def test_prefix_suite_runs_end_to_end_in_quick_mode():
         assert line in out, line
     for name in ("prefix tuning", "full fine-tuning", "PEFT prefix tuning"):   # a row of the memory table each
         assert any(row.startswith(name + " ") for row in out.splitlines()), name
+
+
+@pytest.mark.parametrize("fits_up_to", [0, 1, 5, 64, 91, 102, 1024, 5000])
+def test_the_largest_batch_search_finds_the_limit_exactly(fits_up_to, monkeypatch):
+    """bench's section 5 on a GPU: doubling then halving the interval, with out-of-memory as 'no'."""
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    tried = []
+
+    def make_step(batch):
+        def step():
+            tried.append(batch)
+            if batch > fits_up_to:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return step
+    assert bench.largest_batch(make_step, limit=1024) == min(fits_up_to, 1024)
+    assert len(tried) <= 2 * 11   # about two probes per doubling, never a linear scan
+
+
+def test_transformers_generate_with_the_prefix_as_its_cache_decodes_what_ours_does():
+    """The bench's decoding comparison is like for like: the same weights, the same prefix, the same
+    greedy tokens (a prefix large enough to change them)."""
+    transformers, _ = bench.optional_hf()
+    model, hf = bench.build_models("toy", 64, "cpu", transformers)
+    kv = [(50 * k, 50 * v) for k, v in bench.random_prefix_kv(model.config, 10, "cpu", seed=2)]
+    x = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    ours = model.generate(x, 12, temperature=0, prefix_kv=kv)[0, 8:].tolist()
+    theirs = hf.generate(x, past_key_values=bench.hf_cache(transformers, kv), attention_mask=torch.ones(1, 18, dtype=torch.long),
+                         max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)[0, 8:].tolist()
+    plain = model.generate(x, 12, temperature=0)[0, 8:].tolist()
+    assert ours == theirs != plain
