@@ -11,7 +11,6 @@ torch's random number generator. Float outputs are compared at atol 1e-5 / rtol 
 says otherwise: far above fp32 rounding on these sizes, far below any real mistake.
 """
 import json
-import math
 import os
 
 import numpy as np

@@ -346,7 +346,7 @@ def test_task_files_that_are_not_utf8_name_the_line(tmp_path):
                        .encode("latin-1"))
     assert f"{path}:2: not UTF-8 text" in one_line_error(read_jsonl, path)
     path = write_bytes(tmp_path / "binary.jsonl", random.Random(1).randbytes(4000))
-    assert re.search(rf"binary.jsonl:\d+: not (UTF-8 text|valid JSON)", one_line_error(read_jsonl, path))
+    assert re.search(r"binary.jsonl:\d+: not (UTF-8 text|valid JSON)", one_line_error(read_jsonl, path))
     path = write_bytes(tmp_path / "latin1.txt", "one\ntwo\nthree caf\xe9\n".encode("latin-1"))
     assert f"{path}:3: not UTF-8 text (byte 17 is 0xe9)" in one_line_error(load_task, path, ByteTokenizer(), 16)
 
