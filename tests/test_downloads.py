@@ -266,9 +266,11 @@ def test_shakespeare_falls_back_in_one_line_when_the_download_fails(server, tmp_
 # ---------------------------------------------------------------- the main job, online
 
 @pytest.mark.slow
-def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path):
+@pytest.mark.parametrize("tokenizer", ["gpt2_2048", "byte"])
+def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path, tokenizer):
     """`make demo` in its --quick form, on small hand-made data served from 127.0.0.1. demo.py passes no
-    --url: the environment alone must carry the mirrors to the three prepare scripts."""
+    --url: the environment alone must carry the mirrors to the three prepare scripts. Both tokenizers:
+    the default, and bytes (the README's comparison runs `demo.py --tokenizer=byte`)."""
     server.files["/e2e.zip"] = e2e_release()
     server.files["/input.txt"] = CORPUS.encode("utf-8")
     # SST-2 holds out 1,000 train lines as val, and review writing trains on sentences of 8 words or more
@@ -279,12 +281,13 @@ def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path):
                                                          "a warm and funny film .\t1\n"})
     env = {**os.environ, "PREFIXGPT_E2E_URL": server.url + "/e2e.zip",
            "PREFIXGPT_SHAKESPEARE_URL": server.url + "/input.txt", "PREFIXGPT_SST2_URL": server.url + "/sst2.zip"}
-    res = subprocess.run([sys.executable, "demo.py", "--quick", f"--out_dir={tmp_path}/out",
+    res = subprocess.run([sys.executable, "demo.py", "--quick", f"--tokenizer={tokenizer}", f"--out_dir={tmp_path}/out",
                           f"--data_dir={tmp_path}/data"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     assert sorted(server.hits) == ["/e2e.zip", "/input.txt", "/sst2.zip"]
-    assert json.loads((tmp_path / "data" / "demo" / "meta.json").read_text())["source"] == server.url + "/input.txt"
+    meta = json.loads((tmp_path / "data" / "demo" / "meta.json").read_text())
+    assert meta["source"] == server.url + "/input.txt" and meta["tokenizer"] == tokenizer
     assert "demo finished" in res.stdout
     out = res.stdout
     assert len(re.findall(r"all [1-9]\d* frozen tensors bit-identical", out)) == 3   # three prefixes left the base alone
