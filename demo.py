@@ -207,8 +207,8 @@ def main(argv):
     steps = ", ".join(f"{r['task']} {r['steps']}" for r in rows)
     print(f"\n=== one frozen base, {len(rows)} task{'s' * (len(rows) > 1)}: val loss (nats per token) of the base alone, "
           f"with the task's prefix, and fine-tuned for the same steps as its prefix ({steps}){over} ===")
-    print(f"{'task':10} {'prefix parameters':>18} {'base':>6} {'prefix':>7} {'FT':>6} {'gap closed':>10}   "
-          f"test: base / prefix / FT")
+    head = ["task", "prefix parameters", "base", "prefix", "FT", "gap closed"]
+    table = []
     for r in rows:
         gaps = [gap_closed(r["base"], p, f) for p, f in zip(r["prefix"], r["ft"])]
         gap = "n/a" if None in gaps else mean_std(gaps, 0, one_bare=True) + "%"
@@ -216,8 +216,16 @@ def main(argv):
         extra = (" | names the restaurant: " + " / ".join(
             [f"{r['base_names']:.0f}%"] + [mean_std([s[j] for s in r["names"]], 0, one_bare=True) + "%" for j in (0, 1)])
             if r["names"] else "")
-        print(f"{r['task']:10} {r['trainable']:>8,} ({r['percent']:.2f}%) {r['base']:6.3f} {mean_std(r['prefix'], 3, one_bare=True):>7} "
-              f"{mean_std(r['ft'], 3, one_bare=True):>6} {gap:>10}   {r['metric']} {scores}{extra}")
+        table.append(([r["task"], f"{r['trainable']:,} ({r['percent']:.2f}%)", f"{r['base']:.3f}",
+                       mean_std(r["prefix"], 3, one_bare=True), mean_std(r["ft"], 3, one_bare=True), gap],
+                      f"{r['metric']} {scores}{extra}"))
+    # each column as wide as its widest cell (mean ± std cells are three times a bare number's width)
+    widths = [max([least, len(h)] + [len(cells[i]) for cells, _ in table])
+              for i, (h, least) in enumerate(zip(head, (10, 18, 6, 7, 6, 10)))]
+    line = lambda cells: " ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])  # noqa: E731
+    print(line(head) + "   test: base / prefix / FT")
+    for cells, test in table:
+        print(line(cells) + "   " + test)
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 
