@@ -21,13 +21,17 @@ its learning rate picked per base), and results.md gets a second table, a line a
 iterations, its corpus val loss, its own val loss on the task, each method's val loss and first test
 score (BLEU-4, accuracy), and the share of the gap between the base alone and ft that prefix closes,
 (base - prefix) / (base - ft) per seed. results_bases.png draws that share for each method against the
-bases' pretraining iterations. Bases of 1×, 4× and 16× the demo's pretraining (400 steps; the 1× is the
-demo's own base, made by `make demo` with its corpus):
+bases' pretraining iterations. Bases of 1×, 6× and 16× the demo's pretraining (400 steps; the 1× is
+the demo's own base, made by `make demo` with its corpus; the 6× is `demo.py --long`'s), as the README's
+table was run:
 
-    python train.py config/demo_pretrain.toml --max_iters=1600 --lr_decay_iters=1600 --out_dir=out/base_4x
-    python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --out_dir=out/base_16x
-    python compare.py --bases=out/demo/base/best.pt,out/base_4x/best.pt,out/base_16x/best.pt \
-        --methods=prefix,lora,ft --sizes=0 --p_sweep=10     # the main grid is then the 1× line's cells
+    python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --eval_interval=6400 \
+        --out_dir=out/base_16x
+    python compare.py --bases=out/demo/base/best.pt,out/demo_long/base/best.pt,out/base_16x/best.pt \
+        --methods=prefix,ft --sizes=0 --p_sweep=10 --steps=100 --init=text --test_prompts=20
+
+Learning rates: each method's is picked on val from LR_GRID (seed 0, all the data); a pick at either
+end of the grid is bracketed (--lr_bracket): the next rate out is tried until one is worse.
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
 base's weights (their fingerprint), the cell's settings and how many val and test examples scored it;
@@ -92,6 +96,7 @@ class CompareConfig:
     steps: int = setting(150, min=1)
     batch_size: int = setting(16, min=1)
     lr_grid: bool = True            # pick each method's learning rate on val; false: the grid's middle value
+    lr_bracket: bool = True         # a pick at the grid's edge tries the next rates out, until one is worse
     val_examples: int = setting(200, min=1)   # val completions scored (the same ones for every cell)
     test_prompts: int = setting(30, min=0)    # E2E: test MRs decoded for BLEU (0: no BLEU)
     test_examples: int = setting(0, min=0)    # SST-2: test examples classified (0: all)
@@ -239,13 +244,32 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
     return results.rows[key]
 
 
-def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
+def next_rate(lr: float, up: bool) -> float:
+    """The neighbour of lr on the grids' 1-3-10 scale: 0.1 → 0.3 → 1 going up, 0.1 → 0.03 → 0.01 down."""
+    e = math.floor(math.log10(lr) + 1e-9)
+    ones = round(lr / 10 ** e) < 2                                      # 1·10^e, else 3·10^e
+    out = (3 * 10 ** e if ones else 10 ** (e + 1)) if up else (3 * 10 ** (e - 1) if ones else 10 ** e)
+    return float(f"{out:.0e}")                                          # 0.3, not 0.30000000000000004
+
+
+def pick_lr(cfg, rt, b: Base, results, method, t0, max_extra: int = 3) -> float:
     """The grid's learning rate with the lowest val loss for seed 0 on all the data. Those runs are the
-    grid's own seed-0 cells, so picking costs only the rates that lose."""
+    grid's own seed-0 cells, so picking costs only the rates that lose. With lr_bracket, a best rate at
+    either end of the grid is not trusted: the optimum may lie beyond it, so the next rate out is tried,
+    and the next, until one is worse (or max_extra more; a diverged run counts as worse)."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    losses = {lr: cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]
-              for lr in grid}
-    return min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)
+    loss = lambda lr: cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]   # noqa: E731
+    losses = {lr: loss(lr) for lr in grid}
+    best = lambda: min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)  # noqa: E731
+    for _ in range(max_extra if cfg.lr_grid and cfg.lr_bracket else 0):
+        lr = best()
+        if lr not in (min(losses), max(losses)):
+            break                                  # bracketed: worse rates on both sides
+        nxt = next_rate(lr, up=(lr == max(losses)))
+        losses[nxt] = loss(nxt)
+        if best() == lr:
+            break                                  # the step out was worse: lr is the edge's optimum
+    return best()
 
 
 def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):

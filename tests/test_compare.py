@@ -202,3 +202,38 @@ def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
     assert len(rows) == 3 and len({r["cell"] for r in rows}) == 3     # the last run reused the third's row
     assert "|val=3|" in rows[1]["cell"] and "|test=4" in rows[2]["cell"]
+
+
+@pytest.mark.parametrize("best, bracket, picked, tried", [
+    (0.5, True, 0.3, [0.01, 0.03, 0.1, 0.3, 1.0]),      # past the top: 0.3 and 1 tried, 1 is worse
+    (0.05, True, 0.03, [0.01, 0.03, 0.1]),              # inside the grid: nothing more to try
+    (0.001, True, 0.001, [0.01, 0.03, 0.1, 0.003, 0.001, 0.0003]),   # past the bottom, two steps down
+    (100.0, True, 3.0, [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]),           # three steps out at most
+    (0.5, False, 0.1, [0.01, 0.03, 0.1]),               # --lr_bracket=false: the grid alone
+])
+def test_a_learning_rate_picked_at_the_grids_edge_is_bracketed(best, bracket, picked, tried, monkeypatch):
+    """The val loss is a bowl in log(lr) around `best`: the pick must be the grid's 1-3-10 rate nearest it
+    (within max_extra steps), and only the rates needed to show that are run."""
+    import math
+    import compare
+    runs = []
+
+    def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):
+        runs.append(lr)
+        return {"val_loss": 1 + (math.log10(lr) - math.log10(best)) ** 2}
+    monkeypatch.setattr(compare, "cell", fake_cell)
+    cfg = compare.CompareConfig(lr_bracket=bracket)
+    assert compare.pick_lr(cfg, None, None, None, "prefix", 0) == picked
+    assert runs == tried
+
+
+def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
+    import compare
+    runs = []
+
+    def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):
+        runs.append(lr)
+        return {"val_loss": float("nan") if lr > 0.2 else 1 / lr}
+    monkeypatch.setattr(compare, "cell", fake_cell)
+    assert compare.pick_lr(compare.CompareConfig(), None, None, None, "prefix", 0) == 0.1
+    assert runs == [0.01, 0.03, 0.1, 0.3]
