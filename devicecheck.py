@@ -39,6 +39,7 @@ import torch
 
 from checkpoint import load_model
 from cli import main_guard, parse, setting
+from data.bins import load_bin
 from methods import attach, merge_lora
 from model import GPT, GPTConfig, KVCache
 from prefix import PrefixTuning, PromptTuning, batch_prefixes
@@ -60,8 +61,8 @@ class Report:
     def __init__(self):
         self.failed = 0
 
-    def check(self, name: str, diff: float, tol: float, unit: str = "max |diff|", ok: bool | None = None):
-        ok = diff <= tol if ok is None else ok
+    def check(self, name: str, diff: float, tol: float, unit: str = "max |diff|"):
+        ok = diff <= tol
         self.failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'}  {name:58} | {unit} {diff:.3g} (tolerance {tol:.3g})", flush=True)
 
@@ -189,8 +190,7 @@ def check_kernels(r: Report, base: GPT, rt, x, y, seed: int):
     from torch.profiler import ProfilerActivity, profile
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     model = on(base, rt.device, fast=True)
-    cases = dict(prefixes(base, seed))
-    for name, (prefix, lengths) in cases.items():
+    for name, (prefix, lengths) in prefixes(base, seed).items():
         for dtype_name, ctx in (("fp32", torch.autocast("cuda", enabled=False)), (rt.dtype, rt.autocast)):
             p = None if prefix is None else copy.deepcopy(prefix).to(rt.device)
 
@@ -329,7 +329,7 @@ def check_scripts(r: Report, rt, seed: int):
         ckpt = f"{tmp}/base/best.pt"
         if os.path.isfile(ckpt):
             model, _ = load_model(ckpt)
-            val = np.fromfile(f"{tmp}/corpus/val.bin", dtype=np.uint16)
+            val = load_bin(f"{tmp}/corpus")[1]
             cpu = full_split_loss(model, val, 64, 16, "cpu")
             on_dev = full_split_loss(on(model, rt.device, fast=True), val, 64, 16, rt.device)
             r.check(f"a checkpoint trained on {rt.device}: val loss on the CPU vs on {rt.device}",

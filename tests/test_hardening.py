@@ -75,8 +75,11 @@ def test_every_numeric_setting_of_every_script_has_a_range():
     from attention_mass import MassConfig
     from bench import BenchConfig
     from compare import CompareConfig
+    from demo import DemoConfig
+    from devicecheck import CheckConfig
+    from probe import ProbeConfig
     for cls in (TrainConfig, GPTConfig, FinetuneConfig, SampleConfig, EvalConfig, BenchConfig, CompareConfig,
-                MassConfig):
+                MassConfig, DemoConfig, ProbeConfig, CheckConfig):
         for f in cls.__dataclass_fields__.values():
             if f.type in (int, float, "int", "float", int | None, "int | None") and f.name not in free:
                 assert f.metadata, f"{cls.__name__}.{f.name} has no allowed range"
