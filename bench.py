@@ -622,11 +622,11 @@ def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
         print(f"one decoding step, batch 1, with the cache after {N_PREFIX + PROMPT} slots")
         print(top_ops(lambda: model.step(torch.zeros(1, 1, dtype=torch.long, device=rt.device), cache), rt.device))
     if c.vocab_size % 64:
-        padded = head_cost(model, w, rt, rounds)
+        head = head_cost(model, w, rt, rounds)
         print(f"the output head alone (logits and their input gradient, {w.tune_batch * w.tune_T} positions): "
-              f"vocab {c.vocab_size} {1000 * padded['as it is']:.2f} ms, padded to {padded['vocab']} "
-              f"{1000 * padded['padded']:.2f} ms (x{padded['padded'] / padded['as it is']:.2f})")
-        res["head"] = padded
+              f"vocab {c.vocab_size} {1000 * head['as it is']:.2f} ms, padded to {head['vocab']} "
+              f"{1000 * head['padded']:.2f} ms (x{head['padded'] / head['as it is']:.2f})")
+        res["head"] = head
     if rt.device.startswith("cuda") and size == "gpt2":   # GPT-2 small's memory limit (goal 6)
         T = w.block - N_PREFIX
         limits = memory_limits(model, rt, T)
