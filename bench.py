@@ -412,16 +412,20 @@ def tuning_steps(model, hf, peft, w: Workload, rt) -> dict:
         peft_model = peft.get_peft_model(copy.deepcopy(hf), config).train()
         sides["PEFT prefix tuning"] = ([peft_model], make_adamw(peft_model, 1e-3, 0.0, device_type=rt.device_type),
                                        lambda: peft_model(input_ids=x, labels=x).loss)
-    out = {}
-    for name, (modules, opt, loss_fn) in sides.items():
-        def step(opt=opt, loss_fn=loss_fn):
-            with rt.autocast:
-                loss = loss_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        out[name] = (step, modules, opt, loss_fn)
-    return out
+    return {name: (optimiser_step(loss_fn, opt, rt), modules, opt, loss_fn)
+            for name, (modules, opt, loss_fn) in sides.items()}
+
+
+def optimiser_step(loss_fn, opt, rt):
+    """One tuning step as the scripts take it: the loss under autocast, backward, the optimiser's step.
+    What trains is whatever opt holds; sections 2 and 5 time and size this same step."""
+    def step():
+        with rt.autocast:
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def decoding_fns(model, hf, transformers, w: Workload, device: str) -> tuple[dict, dict]:
@@ -532,15 +536,15 @@ def memory_limits(model, rt, T: int) -> dict:
 
     def stepper(m, prefix, opt):
         def make_step(batch):
-            def step():
-                x = torch.randint(0, m.config.vocab_size, (batch, T), device=rt.device)
+            def loss_fn():
+                x = torch.randint(0, m.config.vocab_size, (batch, T), device=rt.device)   # (batch, T)
+                return m(x, x, prefix_kv=None if prefix is None else prefix(m))[1]
+            step = optimiser_step(loss_fn, opt, rt)
+
+            def step_then_free():   # the gradients go before the next size is tried, or they would count
+                step()
                 opt.zero_grad(set_to_none=True)
-                with rt.autocast:
-                    loss = m(x, x, prefix_kv=None if prefix is None else prefix(m))[1]
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            return step
+            return step_then_free
         return make_step
     out = {}
     frozen = freeze(copy.deepcopy(model)).train()
