@@ -28,10 +28,11 @@ table was run:
     python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --eval_interval=6400 \
         --out_dir=out/base_16x
     python compare.py --bases=out/demo/base/best.pt,out/demo_long/base/best.pt,out/base_16x/best.pt \
-        --methods=prefix,ft --sizes=0 --p_sweep=10 --steps=100 --init=text --test_prompts=20
+        --sizes=0 --p_sweep=10 --steps=100 --init=text --test_prompts=20
 
-Learning rates: each method's is picked on val from LR_GRID (seed 0, all the data); a pick at either
-end of the grid is bracketed (--lr_bracket): the next rate out is tried until one is worse.
+Learning rates: each method's is picked on val from LR_GRID (seed 0, all the data): by val loss, or on a
+classification task by val accuracy (its loss is mostly the answer's format); a pick at either end of
+the grid is bracketed (--lr_bracket): the next rate out is tried until one is worse.
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
 base's weights (their fingerprint), the cell's settings and how many val and test examples scored it;
@@ -71,6 +72,7 @@ from tuning import TuneSettings, make_prefix, tune
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
            "lora": [1e-3, 3e-3, 1e-2], "adapter": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2],
            "ft-top2": [3e-4, 1e-3, 3e-3], "ft": [3e-4, 1e-3, 3e-3]}
+MAX_EXTRA_RATES = 3   # --lr_bracket: rates tried past the grid's edge before the edge's best is taken as it is
 DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt starts with for each
     "e2e": "Describe the restaurant in one sentence, using every attribute given.\n",
     "sst2": "Say whether each movie review is positive or negative.\n",
@@ -139,10 +141,14 @@ def load_base(cfg, rt, path: str, task_dir: str, labels: list[str]) -> Base:
     block = model.config.block_size
     room = room_after(max(cfg.p_sweep + [cfg.n_prefix]), block)   # what the longest prefix of any cell leaves
     data = {name: load_task(os.path.join(task_dir, f"{name}.jsonl"), tokenizer, room)[0] for name in ("train", "val")}
+    data["room"] = room   # which examples fit decides the val set: part of every cell's key
     data["val"] = data["val"][:cfg.val_examples]
     data["test"] = read_jsonl(os.path.join(task_dir, "test.jsonl"))
     data["labels"] = labels
-    if labels:
+    if labels:   # the val rows as candidates too: a classification task's rate is picked on val accuracy
+        val_path = os.path.join(task_dir, "val.jsonl")
+        data["val_candidates"], data["val_y"] = label_candidates(tokenizer, read_jsonl(val_path)[:cfg.val_examples],
+                                                                 labels, val_path, room)
         data["test"] = data["test"][:cfg.test_examples or None]
         data["candidates"], data["y_true"] = label_candidates(tokenizer, data["test"], labels,
                                                               os.path.join(task_dir, "test.jsonl"), room)
@@ -220,7 +226,10 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
     counts = count_parameters(model, prefix, n_base)
     forgetting = data["corpus_base"] if prefix is not None else full_split_loss(
         model, data["corpus"], model.config.block_size, 16, rt.device, max_tokens=cfg.corpus_tokens)
-    return {"val_loss": summary["best_val_loss"], "trainable": counts["trainable"], "percent": counts["percent"],
+    val = {"val_loss": summary["best_val_loss"]}
+    if b.data["labels"]:
+        val["val_accuracy"] = classify(model, prefix, data["val_candidates"], data["val_y"])["accuracy"]
+    return {**val, "trainable": counts["trainable"], "percent": counts["percent"],
             **test_scores(cfg, b, model, prefix), "forgetting": forgetting, "seconds": time.time() - t0}
 
 
@@ -229,8 +238,11 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
     made the row, the task and the base's weights too: another base or task in the same out_dir runs its
     own cells instead of reading these."""
     init = "" if cfg.init == "random" or method not in PREFIX_METHODS else "|init=text"   # old keys stay valid
-    # how many val and test examples scored it: a row scored on fewer is not the same measurement
-    scored = f"val={cfg.val_examples}|test={cfg.test_examples if b.data['labels'] else cfg.test_prompts}"
+    # how many val and test examples scored it, and the room they had to fit (the grid's longest prefix
+    # decides it, so --p_sweep changes the val set): a row scored on others is not the same measurement
+    # (a classification cell's row also holds its val accuracy, which picks the rate: "+accuracy")
+    scored = (f"val={cfg.val_examples}{'+accuracy' if b.data['labels'] else ''}"
+              f"|test={cfg.test_examples if b.data['labels'] else cfg.test_prompts}|room={b.data['room']}")
     key = f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}|{scored}"
     if key not in results.rows:
         row = run_cell(cfg, rt, b, method, seed, size, lr, p)
@@ -252,21 +264,30 @@ def next_rate(lr: float, up: bool) -> float:
     return float(f"{out:.0e}")                                          # 0.3, not 0.30000000000000004
 
 
-def pick_lr(cfg, rt, b: Base, results, method, t0, max_extra: int = 3) -> float:
-    """The grid's learning rate with the lowest val loss for seed 0 on all the data. Those runs are the
-    grid's own seed-0 cells, so picking costs only the rates that lose. With lr_bracket, a best rate at
-    either end of the grid is not trusted: the optimum may lie beyond it, so the next rate out is tried,
-    and the next, until one is worse (or max_extra more; a diverged run counts as worse)."""
+def val_rank(row: dict) -> tuple:
+    """How a learning rate's seed-0 row ranks (lower is better): a diverged run last; then the val
+    accuracy where the row has one (a classification task: its val loss is mostly the answer's format,
+    and a faster rate lowers it while choosing the label no better), the val loss breaking ties."""
+    loss = row["val_loss"]
+    return (not math.isfinite(loss), -row.get("val_accuracy", 0.0), loss if math.isfinite(loss) else 0.0)
+
+
+def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
+    """The grid's learning rate whose seed-0 run on all the data ranks best on val (val_rank: the val loss,
+    or for a classification task the val accuracy). Those runs are the grid's own seed-0 cells, so picking
+    costs only the rates that lose. With lr_bracket, a best rate at either end of the grid is not trusted:
+    the optimum may lie beyond it, so the next rate out is tried, and the next, until one ranks worse (at
+    most MAX_EXTRA_RATES more; a diverged run ranks last)."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    loss = lambda lr: cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0)["val_loss"]   # noqa: E731
-    losses = {lr: loss(lr) for lr in grid}
-    best = lambda: min(losses, key=lambda lr: losses[lr] if math.isfinite(losses[lr]) else math.inf)  # noqa: E731
-    for _ in range(max_extra if cfg.lr_grid and cfg.lr_bracket else 0):
+    rank = lambda lr: val_rank(cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0))   # noqa: E731
+    ranks = {lr: rank(lr) for lr in grid}
+    best = lambda: min(ranks, key=ranks.get)   # noqa: E731
+    for _ in range(MAX_EXTRA_RATES if cfg.lr_grid and cfg.lr_bracket else 0):
         lr = best()
-        if lr not in (min(losses), max(losses)):
+        if lr not in (min(ranks), max(ranks)):
             break                                  # bracketed: worse rates on both sides
-        nxt = next_rate(lr, up=(lr == max(losses)))
-        losses[nxt] = loss(nxt)
+        nxt = next_rate(lr, up=(lr == max(ranks)))
+        ranks[nxt] = rank(nxt)
         if best() == lr:
             break                                  # the step out was worse: lr is the edge's optimum
     return best()
@@ -339,20 +360,27 @@ def sweep_table(sweep) -> str:
 
 
 def budget_table(budget, methods, score: tuple[str, str]) -> str:
-    """Markdown: one line a base (all the data, mean ± std over seeds): what longer pretraining buys, in val
-    loss and in the task's first test score (score: its row key and heading, e.g. BLEU-4)."""
-    gap = "prefix" in methods and "ft" in methods
-    head = (["base", "pretraining iterations", "corpus val loss", "base alone: val loss"]
-            + [f"{m}: val loss" for m in methods] + [f"{m}: {score[1]}" for m in methods]
-            + ["prefix: % of the base→FT gap closed"] * gap)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in budget:
-        cells = [e["path"], "n/a" if e["iters"] is None else f"{e['iters']:,}", f"{e['corpus']:.3f}", f"{e['val']:.3f}"]
-        cells += [mean_std([r["val_loss"] for r in e["rows"] if r["method"] == m]) for m in methods]
-        cells += [mean_std([r.get(score[0]) for r in e["rows"] if r["method"] == m]) for m in methods]
-        cells += [mean_std(gap_closed(e["rows"], "prefix", e["val"]), digits=1)] * gap
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """Markdown for the base-budget axis (all the data, mean ± std over seeds): a line a base (what it is),
+    then three tables with a line a method and a column a base: val loss, the task's first test score
+    (score: its row key and heading, e.g. BLEU-4), and the share of the base→FT val-loss gap it closes."""
+    lines = ["| base | pretraining iterations | corpus val loss | base alone: val loss |", "|---|---|---|---|"]
+    iters = [e["iters"] for e in budget]
+    lines += [f"| {e['path']} | {'n/a' if i is None else format(i, ',')} | {e['corpus']:.3f} | {e['val']:.3f} |"
+              for e, i in zip(budget, iters)]
+    named = None not in iters and len(set(iters)) == len(iters)   # a column heading that tells the bases apart
+    heads = [f"{i:,} iterations" for i in iters] if named else [e["path"] for e in budget]
+
+    def by_base(title, rows_of, cell) -> str:
+        out = [f"| {title} | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
+        out += [f"| {m} | " + " | ".join(cell(e, m) for e in budget) + " |" for m in rows_of]
+        return "\n".join(out)
+    def column(key):   # one method's mean ± std of a row key on one base
+        return lambda e, m: mean_std([r.get(key) for r in e["rows"] if r["method"] == m])
+    tables = [by_base("val loss", methods, column("val_loss")), by_base(score[1], methods, column(score[0]))]
+    if "ft" in methods:
+        tables.append(by_base("% of the base→FT gap closed", [m for m in methods if m != "ft"],
+                              lambda e, m: mean_std(gap_closed(e["rows"], m, e["val"]), digits=1)))
+    return "\n\n".join(["\n".join(lines)] + tables)
 
 
 def pyplot():

@@ -140,21 +140,24 @@ def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_r
     assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2
 
 
-def test_two_bases_give_the_base_budget_table_a_line_each_with_the_share_of_the_gap_prefix_closes(
-        sst2_setup, tmp_path, tiny_config):
+def test_two_bases_give_the_base_budget_tables_a_line_each_and_a_column_each(sst2_setup, tmp_path, tiny_config):
     bases = [sst2_setup[0].split("=", 1)[1], tiny_base(tmp_path, tiny_config, "longer", seed=1, iters=40)]
-    # --sizes=0 and --p_sweep=n_prefix: the main grid's cells are the first base's line, run once
-    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,ft", f"--bases={','.join(bases)}"])
+    # --sizes=0 and --p_sweep=n_prefix: the main grid's cells are the first base's, run once
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,lora,ft", f"--bases={','.join(bases)}"])
     md = (tmp_path / "cmp" / "results.md").read_text()
-    budget = md[md.index("Base budget"):].splitlines()
-    header = next(line for line in budget if line.startswith("| base |"))
-    assert "prefix: val loss" in header and "ft: val loss" in header and "% of the base→FT gap closed" in header
-    assert "| prefix: accuracy | ft: accuracy |" in header       # the task's test score beside the loss
-    lines = [line for line in budget if line.startswith("| ") and line != header]
-    assert [line.split(" | ")[0][2:] for line in lines] == bases and "| 40 |" in lines[1]
-    for line in lines:   # ft beats a random base within 3 steps: every line has a share, a number
-        float(line.split(" | ")[-1].split(" ± ")[0])
-    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2 * 2   # 2 methods on each of 2 bases
+    tables = [t.splitlines() for t in md[md.index("Base budget"):].split("\n\n") if t.startswith("| ")]
+    assert [t[0] for t in tables] == [
+        "| base | pretraining iterations | corpus val loss | base alone: val loss |",
+        "| val loss | 0 iterations | 40 iterations |",          # a column a base, named by its pretraining
+        "| accuracy | 0 iterations | 40 iterations |",          # the task's test score beside the loss
+        "| % of the base→FT gap closed | 0 iterations | 40 iterations |"]
+    assert [line.split(" | ")[0][2:] for line in tables[0][2:]] == bases and "| 40 |" in tables[0][3]
+    assert [line.split(" | ")[0][2:] for line in tables[1][2:]] == ["prefix", "lora", "ft"]
+    assert [line.split(" | ")[0][2:] for line in tables[3][2:]] == ["prefix", "lora"]   # ft closes all of its own
+    for line in tables[3][2:]:   # ft beats a random base within 3 steps: every cell is a share, a number
+        for cell in line.strip("| ").split(" | ")[1:]:
+            float(cell.split(" ± ")[0])
+    assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 3 * 2   # 3 methods on each of 2 bases
     assert (tmp_path / "cmp" / "results_bases.png").stat().st_size > 0
 
 
@@ -201,7 +204,21 @@ def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst
         compare.main(sst2_setup + [out, "--methods=prefix"] + extra)
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
     assert len(rows) == 3 and len({r["cell"] for r in rows}) == 3     # the last run reused the third's row
-    assert "|val=3|" in rows[1]["cell"] and "|test=4" in rows[2]["cell"]
+    assert "|val=3+accuracy|" in rows[1]["cell"] and "|test=4|" in rows[2]["cell"]
+
+
+def test_the_cells_key_holds_the_room_the_sweeps_longest_prefix_leaves(sst2_setup, tmp_path):
+    """Every example must fit beside the grid's longest prefix, so --p_sweep decides which val examples
+    (and how much of each) score every cell: E2E's 200 val completions gave the base alone 2.153 with a
+    sweep up to P=10 and 2.184 up to P=50. A cell run under another sweep was scored on another val set
+    and must run again, not be read back as if it were the same measurement."""
+    out = f"--out_dir={tmp_path}/cmp"
+    for sweep in ("2", "2,20", "2,20"):
+        compare.main(sst2_setup + [out, "--methods=prefix", f"--p_sweep={sweep}"])
+    rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
+    two = [r for r in rows if r["n_prefix"] == 2]
+    assert len(two) == 2 and "|room=62" in two[0]["cell"] and "|room=44" in two[1]["cell"], [r["cell"] for r in rows]
+    assert len(rows) == 3    # the third invocation read its cells back: P=2 and P=20 at room 44
 
 
 @pytest.mark.parametrize("best, bracket, picked, tried", [
@@ -213,7 +230,7 @@ def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst
 ])
 def test_a_learning_rate_picked_at_the_grids_edge_is_bracketed(best, bracket, picked, tried, monkeypatch):
     """The val loss is a bowl in log(lr) around `best`: the pick must be the grid's 1-3-10 rate nearest it
-    (within max_extra steps), and only the rates needed to show that are run."""
+    (within MAX_EXTRA_RATES more), and only the rates needed to show that are run."""
     import math
     import compare
     runs = []
@@ -225,6 +242,26 @@ def test_a_learning_rate_picked_at_the_grids_edge_is_bracketed(best, bracket, pi
     cfg = compare.CompareConfig(lr_bracket=bracket)
     assert compare.pick_lr(cfg, None, None, None, "prefix", 0) == picked
     assert runs == tried
+
+
+def test_a_classification_task_picks_its_rate_on_val_accuracy_not_val_loss(monkeypatch):
+    """SST-2's val loss falls as the rate rises (the answer's format is learnt sooner) while the label is
+    chosen worse: the pick must follow the val accuracy, with the loss breaking its ties."""
+    import compare
+    accuracy = {3e-4: 0.60, 1e-3: 0.66, 3e-3: 0.66, 1e-2: 0.51, 3e-2: 0.51}
+
+    def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):
+        return {"val_loss": 0.1 / lr ** 0.1, "val_accuracy": accuracy[lr]}
+    monkeypatch.setattr(compare, "cell", fake_cell)
+    assert compare.pick_lr(compare.CompareConfig(), None, None, None, "ft", 0) == 3e-3   # tie at 0.66: lower loss
+    monkeypatch.setattr(compare, "cell", lambda *a: {"val_loss": 0.1 / a[5] ** 0.1})      # no accuracy: the loss,
+    assert compare.pick_lr(compare.CompareConfig(), None, None, None, "ft", 0) == 0.1     # three rates past 3e-3
+
+
+def test_a_classification_cell_holds_its_val_accuracy_and_says_so_in_its_key(sst2_setup, tmp_path):
+    compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix"])
+    row = json.loads(open(tmp_path / "cmp" / "results.jsonl").readline())
+    assert 0 <= row["val_accuracy"] <= 1 and "|val=200+accuracy|" in row["cell"], row
 
 
 def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
