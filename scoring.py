@@ -237,12 +237,14 @@ def label_candidates(tokenizer, rows: list[dict], labels: list[str], where: str,
 
 def classify(model, prefix, candidates: list[list[TaskExample]], y_true: list[int]) -> dict:
     """Predict, for each row, the label whose candidate (label_candidates) is most likely; accuracy,
-    macro-F1, confusion matrix."""
+    macro-F1, confusion matrix, and label_loss: the mean of -log p(true label) with p the softmax over the
+    labels' completion log-probabilities — the decision alone, whatever the answer's format costs."""
     scores = torch.stack([completion_logprob(model, prefix, c) for c in candidates], dim=1)   # (N, labels)
     y_pred = scores.argmax(dim=1).tolist()
     n_labels = len(candidates)
+    label_loss = F.cross_entropy(scores.float(), torch.tensor(y_true, device=scores.device)).item()
     return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, list(range(n_labels))),
-            "confusion": confusion_matrix(y_true, y_pred, n_labels), "n": len(y_true)}
+            "confusion": confusion_matrix(y_true, y_pred, n_labels), "n": len(y_true), "label_loss": label_loss}
 
 
 def classification_scores(model, tokenizer, prefix, path, labels, max_examples=0):

@@ -204,7 +204,7 @@ def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst
         compare.main(sst2_setup + [out, "--methods=prefix"] + extra)
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
     assert len(rows) == 3 and len({r["cell"] for r in rows}) == 3     # the last run reused the third's row
-    assert "|val=3+accuracy|" in rows[1]["cell"] and "|test=4|" in rows[2]["cell"]
+    assert "|val=3+label_loss|" in rows[1]["cell"] and "|test=4|" in rows[2]["cell"]
 
 
 def test_the_cells_key_holds_the_room_the_sweeps_longest_prefix_leaves(sst2_setup, tmp_path):
@@ -244,24 +244,41 @@ def test_a_learning_rate_picked_at_the_grids_edge_is_bracketed(best, bracket, pi
     assert runs == tried
 
 
-def test_a_classification_task_picks_its_rate_on_val_accuracy_not_val_loss(monkeypatch):
+def test_a_classification_task_picks_its_rate_on_the_val_label_loss(monkeypatch):
     """SST-2's val loss falls as the rate rises (the answer's format is learnt sooner) while the label is
-    chosen worse: the pick must follow the val accuracy, with the loss breaking its ties."""
+    chosen no better, and a model that always answers the majority label wins on val accuracy: the pick
+    must follow the label loss, -log p(true label) among the labels."""
     import compare
-    accuracy = {3e-4: 0.60, 1e-3: 0.66, 3e-3: 0.66, 1e-2: 0.51, 3e-2: 0.51}
+    label_loss = {3e-4: 0.69, 1e-3: 0.64, 3e-3: 0.61, 1e-2: 0.70, 3e-2: 0.72}
+    accuracy = {3e-4: 0.57, 1e-3: 0.55, 3e-3: 0.60, 1e-2: 0.57, 3e-2: 0.57}   # 0.57: all majority
 
     def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):
-        return {"val_loss": 0.1 / lr ** 0.1, "val_accuracy": accuracy[lr]}
+        return {"val_loss": 0.1 / lr ** 0.1, "val_label_loss": label_loss[lr], "val_accuracy": accuracy[lr]}
     monkeypatch.setattr(compare, "cell", fake_cell)
-    assert compare.pick_lr(compare.CompareConfig(), None, None, None, "ft", 0) == 3e-3   # tie at 0.66: lower loss
-    monkeypatch.setattr(compare, "cell", lambda *a: {"val_loss": 0.1 / a[5] ** 0.1})      # no accuracy: the loss,
+    assert compare.pick_lr(compare.CompareConfig(), None, None, None, "ft", 0) == 3e-3   # then 1e-2 is worse
+    monkeypatch.setattr(compare, "cell", lambda *a: {"val_loss": 0.1 / a[5] ** 0.1})      # no label loss: the loss,
     assert compare.pick_lr(compare.CompareConfig(), None, None, None, "ft", 0) == 0.1     # three rates past 3e-3
 
 
-def test_a_classification_cell_holds_its_val_accuracy_and_says_so_in_its_key(sst2_setup, tmp_path):
+def test_the_label_loss_is_minus_log_the_true_labels_share_among_the_labels(monkeypatch):
+    """classify's label_loss: candidates' completion log-probs (N, labels) -> softmax over the labels ->
+    mean -log p(true label). A confident constant answer is punished where it is wrong."""
+    import math
+    import scoring
+    logp = {0: torch.tensor([-1.0, -5.0]), 1: torch.tensor([-3.0, -3.0])}   # label k's log-prob for rows 0, 1
+    monkeypatch.setattr(scoring, "completion_logprob", lambda model, prefix, c: logp[c])
+    out = scoring.classify(None, None, [0, 1], [0, 1])     # row 0 is label 0, row 1 is label 1
+    p0 = math.exp(-1) / (math.exp(-1) + math.exp(-3))    # row 0: -1 against -3
+    p1 = math.exp(-3) / (math.exp(-5) + math.exp(-3))    # row 1: -3 against -5
+    assert out["label_loss"] == pytest.approx(-(math.log(p0) + math.log(p1)) / 2, rel=1e-6)
+    assert out["accuracy"] == 1.0
+
+
+def test_a_classification_cell_holds_its_val_label_loss_and_says_so_in_its_key(sst2_setup, tmp_path):
     compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix"])
     row = json.loads(open(tmp_path / "cmp" / "results.jsonl").readline())
-    assert 0 <= row["val_accuracy"] <= 1 and "|val=200+accuracy|" in row["cell"], row
+    assert row["val_label_loss"] > 0 and 0 <= row["val_accuracy"] <= 1, row
+    assert "|val=200+label_loss|" in row["cell"], row
 
 
 def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
