@@ -100,6 +100,8 @@ class CompareConfig:
     batch_size: int = setting(16, min=1)
     lr_grid: bool = True            # pick each method's learning rate on val; false: the grid's middle value
     lr_bracket: bool = True         # a pick at the grid's edge tries the next rates out, until one is worse
+    pick_on: str = setting("auto", choices=("auto", "loss", "label_loss", "accuracy"))   # what picks the rate on
+                                    # val; auto: label_loss on a classification task, loss on E2E (val_rank)
     val_examples: int = setting(200, min=1)   # val completions scored (the same ones for every cell)
     test_prompts: int = setting(30, min=0)    # E2E: test MRs decoded for BLEU (0: no BLEU)
     test_examples: int = setting(0, min=0)    # SST-2: test examples classified (0: all)
@@ -266,24 +268,30 @@ def next_rate(lr: float, up: bool) -> float:
     return float(f"{out:.0e}")                                          # 0.3, not 0.30000000000000004
 
 
-def val_rank(row: dict) -> tuple:
-    """How a learning rate's seed-0 row ranks (lower is better): a diverged run last; then, where the row
-    has one, the val label loss (a classification task: its val loss is mostly the answer's format, which
-    a faster rate learns sooner while choosing the label no better; and val accuracy on 200 sentences, 57%
-    of them positive, ranks a model that always answers " positive" above one that tries), then the val loss."""
+def val_rank(row: dict, pick_on: str = "auto") -> tuple:
+    """How a learning rate's seed-0 row ranks (lower is better): a diverged run last, then by pick_on.
+    auto: the val label loss where the row has one (a classification task), else the val loss. On SST-2
+    the val loss is mostly the answer's format, which a faster rate learns sooner while choosing the label
+    no better; val accuracy on 200 sentences, 57% of them positive, ranks a model that always answers
+    " positive" above one that tries; the label loss, -log p(true label) among the labels, scores the
+    decision alone. The val loss breaks ties."""
     loss = row["val_loss"]
-    label_loss = row.get("val_label_loss", 0.0)
-    return (not (math.isfinite(loss) and math.isfinite(label_loss)), label_loss, loss if math.isfinite(loss) else 0.0)
+    key = {"auto": "val_label_loss" if "val_label_loss" in row else "val_loss", "loss": "val_loss",
+           "label_loss": "val_label_loss", "accuracy": "val_accuracy"}[pick_on]
+    if key not in row:
+        raise ValueError(f"--pick_on={pick_on} needs a classification task (its rows hold {key})")
+    value = -row[key] if key == "val_accuracy" else row[key]
+    return (not (math.isfinite(loss) and math.isfinite(value)), value, loss if math.isfinite(loss) else 0.0)
 
 
 def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
-    """The grid's learning rate whose seed-0 run on all the data ranks best on val (val_rank: the val loss,
-    or for a classification task the val label loss). Those runs are the grid's own seed-0 cells, so picking
-    costs only the rates that lose. With lr_bracket, a best rate at either end of the grid is not trusted:
+    """The grid's learning rate whose seed-0 run on all the data ranks best on val (val_rank: by default
+    the val loss, or for a classification task the val label loss; --pick_on chooses). Those runs are the
+    grid's own seed-0 cells, so picking costs only the rates that lose. With lr_bracket, a best rate at either end of the grid is not trusted:
     the optimum may lie beyond it, so the next rate out is tried, and the next, until one ranks worse (at
     most MAX_EXTRA_RATES more; a diverged run ranks last)."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
-    rank = lambda lr: val_rank(cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0))   # noqa: E731
+    rank = lambda lr: val_rank(cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0), cfg.pick_on)  # noqa: E731
     ranks = {lr: rank(lr) for lr in grid}
     best = lambda: min(ranks, key=ranks.get)   # noqa: E731
     for _ in range(MAX_EXTRA_RATES if cfg.lr_grid and cfg.lr_bracket else 0):
@@ -454,6 +462,9 @@ def main(argv):
         cfg = replace(cfg, **{k: v for k, v in small.items() if k not in seen})
     task_dir = cfg.task_dir or os.path.join("data", cfg.task)
     labels = task_labels(cfg.task, task_dir)
+    if cfg.pick_on in ("label_loss", "accuracy") and not labels:
+        raise ValueError(f"--pick_on={cfg.pick_on} scores a choice among labels: --task={cfg.task} has none "
+                         "(use --pick_on=loss or auto)")
     rt = setup_runtime(cfg.device, "float32", 0)
     b = load_base(cfg, rt, cfg.base, task_dir, labels)
     prints = check_bases(cfg.bases, b.tokenizer.name)

@@ -274,6 +274,18 @@ def test_the_label_loss_is_minus_log_the_true_labels_share_among_the_labels(monk
     assert out["accuracy"] == 1.0
 
 
+def test_pick_on_chooses_what_ranks_the_rates_and_is_refused_where_a_task_has_no_labels(monkeypatch, tmp_path):
+    import compare
+    rows = {3e-4: (0.30, 0.69, 0.57), 1e-3: (0.25, 0.60, 0.55), 3e-3: (0.20, 0.65, 0.60), 1e-2: (0.15, 0.70, 0.57),
+            3e-2: (0.12, 0.72, 0.57), 1e-1: (0.11, 0.80, 0.57), 3e-5: (0.40, 0.70, 0.50), 1e-4: (0.35, 0.70, 0.52)}
+    monkeypatch.setattr(compare, "cell", lambda *a: dict(zip(("val_loss", "val_label_loss", "val_accuracy"), rows[a[5]])))
+    picks = {on: compare.pick_lr(compare.CompareConfig(pick_on=on), None, None, None, "ft", 0)
+             for on in ("auto", "label_loss", "accuracy", "loss")}
+    assert picks == {"auto": 1e-3, "label_loss": 1e-3, "accuracy": 3e-3, "loss": 1e-1}
+    with pytest.raises(ValueError, match="--pick_on=accuracy scores a choice among labels"):
+        compare.main([f"--out_dir={tmp_path}/cmp", "--pick_on=accuracy", "--task=e2e", f"--task_dir={tmp_path}"])
+
+
 def test_a_classification_cell_holds_its_val_label_loss_and_says_so_in_its_key(sst2_setup, tmp_path):
     compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix"])
     row = json.loads(open(tmp_path / "cmp" / "results.jsonl").readline())
