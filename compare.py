@@ -17,11 +17,11 @@ removed, leaves the base exactly as it was, so its forgetting is measured on the
 the prompt; on SST-2 they come in rounds of one per label, so every label is shown as often.
 
 The base-budget axis (--bases): every method also runs on each of those bases (every seed, all the data,
-its learning rate picked per base), and results.md gets a second table, a line a base: its pretraining
-iterations, its corpus val loss, its own val loss on the task, each method's val loss and first test
-score (BLEU-4, accuracy), and the share of the gap between the base alone and ft that prefix closes,
-(base - prefix) / (base - ft) per seed. results_bases.png draws that share for each method against the
-bases' pretraining iterations. Bases of 1×, 6× and 16× the demo's pretraining (400 steps; the 1× is
+its learning rate picked per base), and results.md gets the base-budget tables: a line a base (its
+pretraining iterations, its corpus val loss, its own val loss on the task), then a line a method and a
+column a base for the val loss, the first test score (BLEU-4, accuracy) and the share of the gap between
+the base alone and ft that the method closes, (base - method) / (base - ft) per seed. results_bases.png
+draws that share for each method against the bases' pretraining iterations. Bases of 1×, 6× and 16× the demo's pretraining (400 steps; the 1× is
 the demo's own base, made by `make demo` with its corpus; the 6× is `demo.py --long`'s), as the README's
 table was run:
 
