@@ -21,9 +21,9 @@ its learning rate picked per base), and results.md gets the base-budget tables: 
 pretraining iterations, its corpus val loss, its own val loss on the task), then a line a method and a
 column a base for the val loss, the first test score (BLEU-4, accuracy) and the share of the gap between
 the base alone and ft that the method closes, (base - method) / (base - ft) per seed. results_bases.png
-draws that share for each method against the bases' pretraining iterations. Bases of 1×, 6× and 16× the demo's pretraining (400 steps; the 1× is
-the demo's own base, made by `make demo` with its corpus; the 6× is `demo.py --long`'s), as the README's
-table was run:
+draws that share for each method against the bases' pretraining iterations. Bases of 1×, 6× and 16× the
+demo's pretraining (400 steps; the 1× is the demo's own base, made by `make demo` with its corpus; the 6×
+is `demo.py --long`'s), as the README's table was run:
 
     python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --eval_interval=6400 \
         --out_dir=out/base_16x
@@ -32,8 +32,8 @@ table was run:
 
 Learning rates: each method's is picked on val from LR_GRID (seed 0, all the data): by val loss, or on a
 classification task by the val label loss (-log p of the true label among the labels: the decision, not
-the answer's format, which is most of its val loss); a pick at either end of
-the grid is bracketed (--lr_bracket): the next rate out is tried until one is worse.
+the answer's format, which is most of its val loss; --pick_on chooses); a pick at either end of the grid
+is bracketed (--lr_bracket): the next rate out is tried until one is worse.
 
 Each finished cell is one line of <out_dir>/results.jsonl, appended whole and keyed by the task, the
 base's weights (their fingerprint), the cell's settings and how many val and test examples scored it;
@@ -287,9 +287,9 @@ def val_rank(row: dict, pick_on: str = "auto") -> tuple:
 def pick_lr(cfg, rt, b: Base, results, method, t0) -> float:
     """The grid's learning rate whose seed-0 run on all the data ranks best on val (val_rank: by default
     the val loss, or for a classification task the val label loss; --pick_on chooses). Those runs are the
-    grid's own seed-0 cells, so picking costs only the rates that lose. With lr_bracket, a best rate at either end of the grid is not trusted:
-    the optimum may lie beyond it, so the next rate out is tried, and the next, until one ranks worse (at
-    most MAX_EXTRA_RATES more; a diverged run ranks last)."""
+    grid's own seed-0 cells, so picking costs only the rates that lose. With lr_bracket, a best rate at
+    either end of the grid is not trusted: the optimum may lie beyond it, so the next rate out is tried,
+    and the next, until one ranks worse (at most MAX_EXTRA_RATES more; a diverged run ranks last)."""
     grid = LR_GRID[method] if cfg.lr_grid else LR_GRID[method][1:2]
     rank = lambda lr: val_rank(cell(cfg, rt, b, results, method, lr, 0, 0, cfg.n_prefix, t0), cfg.pick_on)  # noqa: E731
     ranks = {lr: rank(lr) for lr in grid}
@@ -386,6 +386,7 @@ def budget_table(budget, methods, score: tuple[str, str]) -> str:
         out = [f"| {title} | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
         out += [f"| {m} | " + " | ".join(cell(e, m) for e in budget) + " |" for m in rows_of]
         return "\n".join(out)
+
     def column(key):   # one method's mean ± std of a row key on one base
         return lambda e, m: mean_std([r.get(key) for r in e["rows"] if r["method"] == m])
     tables = [by_base("val loss", methods, column("val_loss")), by_base(score[1], methods, column(score[0]))]
