@@ -2,7 +2,9 @@
 demo.py — the main job, end to end on a CPU in minutes (`make demo` runs it): one frozen base model,
 three tasks, a small prefix for each, and full fine-tuning of the same base beside every prefix.
 
-  1. prepare the data: E2E (restaurant attributes → a sentence) and SST-2 (movie-review sentences)
+  1. prepare the data: E2E (restaurant attributes → a sentence; the attributes as the CSV writes them,
+     "name[Alimentum], area[riverside]", or Li & Liang's "name : Alimentum | area : riverside" with
+     --mr_format=spaced) and SST-2 (movie-review sentences)
   2. prepare the pretraining corpus: Tiny Shakespeare, SST-2's train sentences *without* labels, and
      E2E's train sentences each followed by its attributes ("<sentence> Facts: name[...], ...": text →
      data, the reverse of the task, so the base learns to carry names across a line), in tokens of
@@ -33,6 +35,7 @@ import time
 from dataclasses import dataclass, replace
 
 from cli import main_guard, parse, setting
+from data.e2e.mr import MR_FORMATS, mr_name
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
 from metrics import gap_closed, mean_std
@@ -62,7 +65,8 @@ class DemoConfig:
     base: str = ""                 # a base to tune (a train.py best.pt) instead of pretraining one
     ft_learning_rate: float = setting(1e-3, gt=0.0)   # full fine-tuning (the prefixes' rates are in their TOML)
     facts_copies: int = setting(3, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
-    test_prompts: int = setting(30, min=1)    # E2E test MRs decoded for BLEU
+    mr_format: str = setting("brackets", choices=MR_FORMATS)   # E2E's MRs: "name[X], ..." or "name : X | ..."
+    test_prompts: int = setting(100, min=1)   # E2E test MRs decoded for BLEU (the offline test split has 55)
     test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
     long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 19 minutes)
@@ -96,9 +100,8 @@ def run(cmd: list[str]) -> str:
 
 
 def names_copied(completions: list[dict]) -> float:
-    """% of E2E outputs that name the restaurant given in the input (name[...] of the MR)."""
-    hits = [m.group(1) in c["completion"] for c in completions
-            if (m := re.search(r"name\[([^\]]+)\]", c["prompt"]))]
+    """% of E2E outputs that name the restaurant given in the input (the MR's name attribute)."""
+    hits = [name in c["completion"] for c in completions if (name := mr_name(c["prompt"]))]
     return 100 * sum(hits) / max(len(hits), 1)
 
 
@@ -110,7 +113,7 @@ def settings(argv) -> DemoConfig:
     byte = cfg.tokenizer == "byte"
     cfg.pretrain_config = cfg.pretrain_config or f"config/demo_pretrain{'_byte' if byte else ''}.toml"
     cfg.pretrain_iters = cfg.pretrain_iters or (600 if byte else 400)
-    if cfg.long or cfg.sst2:   # 6 × the pretraining, 6.7 × the tuning, except what was set explicitly
+    if cfg.long or cfg.sst2:   # 6 × the pretraining, 400 tuning steps a task, except what was set explicitly
         cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=6 * cfg.pretrain_iters, steps=400,
                                                     sentiment_steps=400, test_prompts=50).items() if k not in seen})
     if cfg.sst2:   # the in-domain SST-2 run: the prefix's decision is slow to learn, so 8 × --long's steps
@@ -129,7 +132,7 @@ def main(argv):
     limit = ["--max_examples=5"] if cfg.quick else []
 
     e2e, sst2, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/sst2", f"{cfg.data_dir}/demo"
-    run([py, "data/e2e/prepare.py", "--out_dir", e2e])
+    run([py, "data/e2e/prepare.py", "--out_dir", e2e, "--mr_format", cfg.mr_format])
     run([py, "data/sst2/prepare.py", "--out_dir", sst2])
     base = cfg.base or f"{out}/base/best.pt"
     if not cfg.base:   # pretrain the base on its corpus

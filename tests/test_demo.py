@@ -20,6 +20,7 @@ from model import GPT, GPTConfig
 def test_sst2_and_long_set_their_runs_except_what_was_given():
     default, long, sst2 = demo.settings([]), demo.settings(["--long"]), demo.settings(["--sst2"])
     assert (default.pretrain_iters, default.steps, default.sentiment_steps, default.seeds) == (400, 60, 150, [1337])
+    assert (default.mr_format, default.test_prompts) == ("brackets", 100)   # 100: every MR of the offline test split
     assert (long.pretrain_iters, long.steps, long.sentiment_steps, long.test_prompts) == (2400, 400, 400, 50)
     assert (sst2.pretrain_iters, sst2.tasks, sst2.sentiment_steps, sst2.seeds, sst2.out_dir) == (
         2400, ["sentiment"], 3200, [0, 1, 2], "out/demo_sst2")
@@ -27,7 +28,17 @@ def test_sst2_and_long_set_their_runs_except_what_was_given():
     assert (mine.seeds, mine.sentiment_steps, mine.out_dir, mine.pretrain_iters) == ([7], 50, "elsewhere", 2400)
 
 
+def test_names_copied_reads_the_name_in_either_mr_format():
+    rows = [{"prompt": "name[The Mill], area[riverside] ||", "completion": " The Mill is by the river."},
+            {"prompt": "name : Zizzi | food : Thai ||", "completion": " A Thai place."},
+            {"prompt": "name : Aromi ||", "completion": " Aromi serves food."},
+            {"prompt": "food : Thai ||", "completion": " Zizzi."}]          # names no restaurant: not counted
+    assert demo.names_copied(rows) == pytest.approx(100 * 2 / 3)
+    assert demo.names_copied([]) == 0
+
+
 @pytest.mark.parametrize("flags,needle", [
+    (["--mr_format=csv"], "must be one of"),
     (["--seeds="], "at least one"), (["--tasks="], "at least one"), (["--seeds=3,3"], "repeats a seed"),
     (["--base=no/such/best.pt"], "no such file"), (["--tasks=e2e,poetry"], "must be one of")])
 def test_bad_settings_stop_the_demo_before_any_step_runs(flags, needle, monkeypatch):
@@ -65,10 +76,11 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
     save_checkpoint(str(base), GPT(GPTConfig(block_size=160, vocab_size=256, n_layer=1, n_head=2, n_embd=16)), "byte")
     env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}
     res = subprocess.run([sys.executable, "demo.py", "--quick", f"--base={base}", "--tasks=sentiment", "--seeds=0,1",
-                          f"--out_dir={tmp_path}/out", f"--data_dir={tmp_path}/data"],
+                          f"--out_dir={tmp_path}/out", f"--data_dir={tmp_path}/data", "--mr_format=spaced"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     assert "train.py" not in res.stdout and not (tmp_path / "data" / "demo").exists()   # nothing pretrained
+    assert '"mr_format": "spaced"' in (tmp_path / "data" / "e2e" / "meta.json").read_text()   # passed to prepare.py
     for seed in (0, 1):
         assert (tmp_path / "out" / f"sentiment_prefix_s{seed}" / "prefix.pt").is_file()
         assert (tmp_path / "out" / f"sentiment_ft_s{seed}" / "model.pt").is_file()

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from data.e2e import mr as mr_format
 from data.e2e import prepare as e2e
 from data.sst2 import prepare as sst2
 
@@ -94,8 +95,37 @@ def test_e2e_cli_writes_jsonl_text_and_meta(tmp_path, monkeypatch):
     held_out_mrs = {ex["prompt"][:-3] for s in ("val", "test") for ex in read_jsonl(out / f"{s}.jsonl")}
     assert not any(line.split(" Facts: ")[1] in held_out_mrs for line in facts)
     on_disk = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    assert on_disk["seed"] == 1337 and on_disk["splits"]["val"]["mrs"] == 2
+    assert on_disk["seed"] == 1337 and on_disk["splits"]["val"]["mrs"] == 2 and on_disk["mr_format"] == "brackets"
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # atomic writes cleaned up
+
+
+def test_mr_formats_write_the_same_pairs_and_the_name_is_found_in_either():
+    mr = "name[The Eagle], eatType[coffee shop], customer rating[5 out of 5], near[Café Brazil]"
+    assert mr_format.format_mr(mr, "brackets") == mr
+    spaced = mr_format.format_mr(mr, "spaced")
+    assert spaced == "name : The Eagle | eatType : coffee shop | customer rating : 5 out of 5 | near : Café Brazil"
+    for text in (mr, spaced):
+        assert mr_format.mr_name(text + " ||") == "The Eagle"
+    assert mr_format.mr_name("name : Zizzi ||") == mr_format.mr_name("name[Zizzi] ||") == "Zizzi"
+    assert mr_format.mr_name("eatType : pub | food : Thai ||") is None and mr_format.mr_name("nickname[X] ||") is None
+    # what is not attribute[value] pairs is kept as it is rather than cut into pairs that lose text
+    for odd in ("a free sentence", "name[X] and more", "name[X], area[Y]]"):
+        assert mr_format.mr_fields(odd) is None and mr_format.format_mr(odd, "spaced") == odd
+    with pytest.raises(ValueError, match="one of brackets, spaced"):
+        mr_format.format_mr(mr, "csv")
+
+
+def test_e2e_spaced_format_writes_it_in_prompts_and_facts(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    rows = e2e_rows(20)
+    out = tmp_path / "out"
+    meta = e2e.main(["--csv", write_csv(tmp_path / "pool.csv", rows), "--out_dir", str(out), "--mr_format", "spaced"])
+    assert meta["mr_format"] == "spaced" and json.loads((out / "meta.json").read_text())["mr_format"] == "spaced"
+    train = read_jsonl(out / "train.jsonl")
+    spaced = {mr_format.format_mr(mr, "spaced"): mr for mr, _ in rows}
+    assert all(ex["prompt"][:-3] in spaced for ex in train)            # every prompt: an MR of the pool, spaced
+    assert train[0]["prompt"].startswith("name : Café ") and "|" in train[0]["prompt"][:-3]
+    assert read_lines(out / "train_facts.txt") == [f"{ex['completion'][1:]} Facts: {ex['prompt'][:-3]}" for ex in train]
 
 
 def test_e2e_pools_repeated_csv_and_reads_env(tmp_path, monkeypatch):
@@ -243,6 +273,7 @@ def exit_message(main, args) -> str:
     (["--fractions", "a", "b", "c"], "invalid fraction value: 'a'"),
     (["--seed", "-1"], "argument --seed: must be 0 or more"),
     (["--seed", "1.5"], "invalid seed value"),
+    (["--mr_format", "csv"], "invalid choice: 'csv'"),
 ])
 def test_e2e_bad_values_are_refused_where_they_are_parsed(tmp_path, monkeypatch, args, message):
     # 0.8 0.5 0.5 used to write an empty val split without a word

@@ -6,8 +6,12 @@ Prepare the E2E NLG task (restaurant meaning representation -> English sentence)
     python data/e2e/prepare.py --csv devset.csv       # or split local CSV files (columns mr,ref) by MR
     PREFIXGPT_E2E=devset.csv python -m data.e2e.prepare
 
+    python data/e2e/prepare.py --mr_format spaced     # MRs as "name : X | area : Y" (Li & Liang's; data/e2e/mr.py)
+
 Writes to --out_dir (default data/e2e):
-    train.jsonl, val.jsonl, test.jsonl   one line per reference: {"prompt": "<mr> ||", "completion": " <ref>"}
+    train.jsonl, val.jsonl, test.jsonl   one line per reference: {"prompt": "<mr> ||", "completion": " <ref>"},
+                                         the MR as the CSV writes it, "name[Alimentum], area[riverside]"
+                                         (--mr_format brackets), or "name : Alimentum | area : riverside" (spaced)
     train_text.txt                       the train references, one per line (unlabelled text to pretrain on)
     train_facts.txt                      each train reference followed by its MR: "<ref> Facts: <mr>" (text →
                                          data, the task reversed: pretraining text that carries names
@@ -29,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from data.checks import Parser, decode_utf8, fraction, read_release, seed, url  # noqa: E402
+from data.e2e.mr import MR_FORMATS, format_mr  # noqa: E402
 from data.files import write_atomic, write_json  # noqa: E402
 
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -95,31 +100,33 @@ def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
     return splits
 
 
-def to_example(mr: str, ref: str) -> dict:
+def to_example(mr: str, ref: str, mr_format: str = "brackets") -> dict:
     # " ||" ends the prompt; the completion starts with a space so that the reference's first word
     # is tokenised as it would be in running text (" The", not "The")
-    return {"prompt": f"{mr} ||", "completion": f" {ref}"}
+    return {"prompt": f"{format_mr(mr, mr_format)} ||", "completion": f" {ref}"}
 
 
-def to_facts(mr: str, ref: str) -> str:
+def to_facts(mr: str, ref: str, mr_format: str = "brackets") -> str:
     """A reference, then the attributes it states: the reverse of the task (sentence → MR). A base that
     reads these learns that a name in one part of a line comes back in another, the skill the task
     (MR → sentence) needs, without ever seeing the task's direction or any val/test MR."""
-    return f"{ref} Facts: {mr}\n"
+    return f"{ref} Facts: {format_mr(mr, mr_format)}\n"
 
 
-def write_task(splits: dict[str, list], out_dir: str, meta: dict) -> dict:
-    """Write <split>.jsonl, train_text.txt and meta.json; returns meta with the split sizes added."""
+def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str = "brackets") -> dict:
+    """Write <split>.jsonl, train_text.txt, train_facts.txt and meta.json, the MRs in mr_format; returns
+    meta with the split sizes and the format added."""
     os.makedirs(out_dir, exist_ok=True)
-    meta = dict(meta, splits={})
+    meta = dict(meta, mr_format=mr_format, splits={})
     for name in SPLITS:
         rows = splits[name]
-        lines = [json.dumps(to_example(mr, ref), ensure_ascii=False) + "\n" for mr, ref in rows]
+        lines = [json.dumps(to_example(mr, ref, mr_format), ensure_ascii=False) + "\n" for mr, ref in rows]
         write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
         meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows})}
     # only train text: pretraining on val/test references would leak the answers into the base model
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
-    write_atomic(os.path.join(out_dir, "train_facts.txt"), "".join(to_facts(mr, ref) for mr, ref in splits["train"]))
+    write_atomic(os.path.join(out_dir, "train_facts.txt"),
+                 "".join(to_facts(mr, ref, mr_format) for mr, ref in splits["train"]))
     write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
@@ -141,6 +148,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=seed, default=1337)
     p.add_argument("--fractions", type=fraction, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of MRs per split (local pool only)")
+    p.add_argument("--mr_format", choices=MR_FORMATS, default="brackets",
+                   help="how the model reads an MR: brackets 'name[X], area[Y]' (the CSV's own, the default), or "
+                        "spaced 'name : X | area : Y' (Li & Liang's); data/e2e/mr.py says what each does")
     args = p.parse_args(argv)
     if abs(sum(args.fractions) - 1) > 1e-6:  # 0.8 0.5 0.5 would leave val empty without a word
         p.error(f"argument --fractions: must sum to 1, got {' + '.join(map(str, args.fractions))}")
@@ -155,7 +165,7 @@ def main(argv=None) -> dict:
     else:
         splits = download_official(args.out_dir, args.url)
         meta = {"source": args.url, "split": "official", "seed": args.seed}
-    meta = write_task(splits, args.out_dir, meta)
+    meta = write_task(splits, args.out_dir, meta, args.mr_format)
     for name, size in meta["splits"].items():
         print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs -> {os.path.join(args.out_dir, name)}.jsonl")
     return meta
