@@ -16,7 +16,7 @@ Writes to --out_dir (default data/e2e):
     train_facts.txt                      each train reference followed by its MR: "<ref> Facts: <mr>" (text →
                                          data, the task reversed: pretraining text that carries names
                                          across a line; make demo pretrains on it)
-    meta.json                            where the data came from, split sizes, seed
+    meta.json                            where the data came from, split sizes, seed, MR format
 
 Every MR has several human references. They all get the same prompt, which is how the BLEU
 evaluation (metrics.group_references) finds the reference set of each MR.
