@@ -33,10 +33,10 @@ def format_mr(mr: str, mr_format: str) -> str:
     as it is, in either format."""
     if mr_format not in MR_FORMATS:
         raise ValueError(f"mr_format must be one of {', '.join(MR_FORMATS)}, got {mr_format!r}")
-    fields = mr_fields(mr)
-    if mr_format == "brackets" or fields is None:
+    if mr_format == "brackets":
         return mr
-    return " | ".join(f"{k} : {v}" for k, v in fields)
+    fields = mr_fields(mr)
+    return mr if fields is None else " | ".join(f"{k} : {v}" for k, v in fields)
 
 
 def mr_name(prompt: str) -> str | None:
