@@ -100,20 +100,20 @@ def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
     return splits
 
 
-def to_example(mr: str, ref: str, mr_format: str = "brackets") -> dict:
+def to_example(mr: str, ref: str, mr_format: str) -> dict:
     # " ||" ends the prompt; the completion starts with a space so that the reference's first word
     # is tokenised as it would be in running text (" The", not "The")
     return {"prompt": f"{format_mr(mr, mr_format)} ||", "completion": f" {ref}"}
 
 
-def to_facts(mr: str, ref: str, mr_format: str = "brackets") -> str:
+def to_facts(mr: str, ref: str, mr_format: str) -> str:
     """A reference, then the attributes it states: the reverse of the task (sentence → MR). A base that
     reads these learns that a name in one part of a line comes back in another, the skill the task
     (MR → sentence) needs, without ever seeing the task's direction or any val/test MR."""
     return f"{ref} Facts: {format_mr(mr, mr_format)}\n"
 
 
-def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str = "brackets") -> dict:
+def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str) -> dict:
     """Write <split>.jsonl, train_text.txt, train_facts.txt and meta.json, the MRs in mr_format; returns
     meta with the split sizes and the format added."""
     os.makedirs(out_dir, exist_ok=True)
