@@ -34,11 +34,11 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
-from cli import main_guard, parse, setting
 from data.e2e.mr import MR_FORMATS, mr_name
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
-from metrics import gap_closed, mean_std
+from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.metrics import gap_closed, mean_std
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
 # request: a fixed prompt, or "" for the test split's first prompt — a held-out input nobody picked)
@@ -170,9 +170,9 @@ def main(argv):
             if scoring == "generate":     # BLEU on test MRs: the base alone and the prefix in mixed batches
                 n = ["--max_examples=5"] if cfg.quick else [f"--max_examples={cfg.test_prompts}"]
                 mine, theirs = f"{out}/{task}_completions{tag}.jsonl", f"{out}/{task}_ft_completions{tag}.jsonl"
-                text = run([py, "evaluate.py", "--mode=generate", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                text = run([py, "evaluate.py", "--mode=generate", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}", f"--beam={cfg.beam}", f"--out={mine}", "--overwrite"] + n)
-                text += run([py, "evaluate.py", "--mode=generate", f"--ckpt={tuned}", f"--data={test}",
+                text += run([py, "evaluate.py", "--mode=generate", f"--base={tuned}", f"--data={test}",
                              f"--beam={cfg.beam}", f"--out={theirs}", "--overwrite"] + n)
                 scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
                 row["metric"] = "BLEU-4"
@@ -182,15 +182,15 @@ def main(argv):
                 row["names"].append([names_copied([c for c in both if c["prefix"] != "no prefix"]),
                                      names_copied(tuned_rows)])
             elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
-                text = run([py, "evaluate.py", "--mode=classify", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                text = run([py, "evaluate.py", "--mode=classify", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + limit)
-                text += run([py, "evaluate.py", "--mode=classify", f"--ckpt={tuned}", f"--data={test}"] + limit)
+                text += run([py, "evaluate.py", "--mode=classify", f"--base={tuned}", f"--data={test}"] + limit)
                 row["metric"], scores = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
             else:                         # loss on the test reviews
                 n = limit or [f"--max_examples={cfg.test_reviews}"]
-                text = run([py, "evaluate.py", "--mode=loss", f"--ckpt={base}", *with_base, f"--prefix={prefix}",
+                text = run([py, "evaluate.py", "--mode=loss", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + n)
-                text += run([py, "evaluate.py", "--mode=loss", f"--ckpt={tuned}", f"--data={test}"] + n)
+                text += run([py, "evaluate.py", "--mode=loss", f"--base={tuned}", f"--data={test}"] + n)
                 row["metric"], scores = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
             if i == 0:
                 row["base_score"] = scores.pop(0)
@@ -203,7 +203,7 @@ def main(argv):
 
     path = f"{out}/requests.jsonl"
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in requests))
-    run([py, "sample.py", f"--ckpt={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
+    run([py, "sample.py", f"--base={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
          "--max_new_tokens=160"])
 
     over = "" if len(cfg.seeds) == 1 else f"; mean ± std over seeds {', '.join(map(str, cfg.seeds))}"

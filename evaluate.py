@@ -2,17 +2,17 @@
 evaluate.py — score a frozen base, without a prefix or with any number of them, on task data.
 
     # loss and perplexity on any JSONL (completion tokens only) or .txt file
-    python evaluate.py --mode=loss --ckpt=out/demo/base/best.pt --prefix=out/demo/e2e_prefix/prefix.pt \\
+    python evaluate.py --mode=loss --base=out/demo/base/best.pt --prefix=out/demo/e2e_prefix/prefix.pt \\
         --data=data/e2e/test.jsonl
     # completions for every distinct prompt (greedy, or beam search as in the paper), then BLEU
-    python evaluate.py --mode=generate --ckpt=... --prefix=... --data=data/e2e/test.jsonl \\
+    python evaluate.py --mode=generate --base=... --prefix=... --data=data/e2e/test.jsonl \\
         --beam=5 --out=out/demo/e2e_test_completions.jsonl
     # classification by the log-likelihood of each label's completion (no free generation)
-    python evaluate.py --mode=classify --ckpt=... --prefix=... --data=data/sst2/test.jsonl
+    python evaluate.py --mode=classify --base=... --prefix=... --data=data/sst2/test.jsonl
 
     # several prefixes side by side, and the base alone (--with_base); greedy decoding runs them all
     # in mixed batches, every row its own prefix
-    python evaluate.py --mode=generate --ckpt=... --prefix=a/prefix.pt,b/prefix.pt --with_base
+    python evaluate.py --mode=generate --base=... --prefix=a/prefix.pt,b/prefix.pt --with_base
 
 In generate mode, lines that share a prompt are grouped: one completion per prompt, scored by corpus
 BLEU-4 against all of that prompt's references (how the E2E challenge scores). A JSONL with prompts
@@ -23,20 +23,20 @@ import math
 import os
 from dataclasses import dataclass
 
-from checkpoint import is_saved_model_file, load_delta, load_model, load_prefixes, weights_fingerprint
-from cli import main_guard, parse, setting
 from data.tasks import load_task
 from data.tokenizer import get_tokenizer
-from metrics import format_confusion
 from model import room_after
-from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import classification_scores, completion_bytes, generation_scores, task_loss
+from prefixgpt.checkpoint import is_saved_model_file, load_delta, load_model, load_prefixes, weights_fingerprint
+from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.metrics import format_confusion
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
+from prefixgpt.scoring import classification_scores, completion_bytes, generation_scores, task_loss
 
 
 @dataclass
 class EvalConfig:
     mode: str = setting("loss", choices=("loss", "generate", "classify"))
-    ckpt: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
+    base: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
     prefix: list[str] = setting([])  # prefix files, comma-separated; none = the base alone
     with_base: bool = False       # also score the base without a prefix, beside the prefixes
     delta: str = ""               # a LoRA / adapter / BitFit file (delta.pt) applied to the base first
@@ -71,7 +71,7 @@ def main(argv):
         raise ValueError(f"--labels needs at least two labels to choose from, got {cfg.labels}")
     check_out_path(cfg.out, cfg.overwrite)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, ckpt = load_model(cfg.ckpt, rt.device)
+    model, ckpt = load_model(cfg.base, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     prefixes, names = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
     if cfg.delta:   # after the prefixes, which were checked against the base's own weights
@@ -79,7 +79,7 @@ def main(argv):
         names = [f"{meta['method']} {n}" if n != "no prefix" else f"{meta['method']} ({cfg.delta})" for n in names]
     width = max(len(n) for n in names)
     if cfg.mode == "loss":
-        print(f"{cfg.ckpt} on {cfg.data}: loss per completion token ({tokenizer.name} tokens), and per byte "
+        print(f"{cfg.base} on {cfg.data}: loss per completion token ({tokenizer.name} tokens), and per byte "
               f"of completion text (comparable across tokenizers)")
         for name, prefix in zip(names, prefixes):
             P = 0 if prefix is None else prefix.n_prefix
@@ -97,12 +97,12 @@ def main(argv):
             for p, h in list(zip(res["prompts"], completions))[:2]:
                 print(f"{p}{h}")
         decoding = f"beam {cfg.beam}" if cfg.beam > 1 else "greedy"
-        print(f"{cfg.ckpt} on {cfg.data}: BLEU-4 over {len(res['prompts'])} prompts ({decoding})"
+        print(f"{cfg.base} on {cfg.data}: BLEU-4 over {len(res['prompts'])} prompts ({decoding})"
               + (f" | wrote {cfg.out}" if cfg.out else ""))
         for name, bleu in zip(names, res["bleu"]):
             print(f"  {name:{width}}  BLEU-4 " + ("n/a (no references)" if bleu is None else f"{bleu:.2f}"))
     elif cfg.mode == "classify":
-        print(f"{cfg.ckpt} on {cfg.data}: classification by label likelihood")
+        print(f"{cfg.base} on {cfg.data}: classification by label likelihood")
         for name, prefix in zip(names, prefixes):
             res = classification_scores(model, tokenizer, prefix, cfg.data, cfg.labels, cfg.max_examples)
             print(f"--- [{name}] ---")

@@ -17,46 +17,28 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
-from checkpoint import load_model, save_checkpoint, save_delta, save_prefix, weights_fingerprint
-from cli import main_guard, parse, setting
 from data.tokenizer import get_tokenizer
-from methods import LORA_TARGETS, METHODS, attach
-from prefix import PREFIX_METHODS, count_parameters
-from runlog import claim_run_dir, write_json, write_run_config
-from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import task_loss
-from tuning import check_frozen_unchanged, load_examples, make_prefix, tune
+from prefix import PREFIX_METHODS, count_parameters, freeze
+from prefixgpt.checkpoint import load_model, save_checkpoint, save_delta, save_prefix, weights_fingerprint
+from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.methods import attach
+from prefixgpt.optim import make_adamw
+from prefixgpt.runlog import claim_run_dir, write_json, write_run_config
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
+from prefixgpt.scoring import task_loss
+from prefixgpt.tuning import TuneConfig, check_frozen_unchanged, load_examples, make_prefix, tune
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TuneConfig):
+    """The tuning settings (prefixgpt/tuning.py's TuneConfig: method, n_prefix, learning_rate, ...) and these."""
     base: str = "out/demo/base/best.pt"   # a train.py checkpoint, a GPT-2 name (gpt2, gpt2-medium, ...) or HF folder
     train_file: str = "data/e2e/train.jsonl"
     val_file: str = "data/e2e/val.jsonl"
     out_dir: str = "out/e2e_prefix"
     overwrite: bool = False        # allow replacing an earlier prefix-tuning run in out_dir
-    method: str = setting("prefix", choices=METHODS)   # prefix methods, or the family to compare with
-    n_prefix: int = setting(10, min=1)          # P, the number of virtual tokens
-    reparam_hidden: int = setting(512, min=1)   # MLP width for prefix-reparam
-    lora_r: int = setting(4, min=1)             # LoRA: rank r of B·A
-    lora_alpha: float = setting(8.0, gt=0.0)    # LoRA: the update is scaled by alpha / r
-    lora_targets: list[str] = setting(["attn.c_attn"], choices=LORA_TARGETS)   # which Linear layers get LoRA
-    adapter_size: int = setting(16, min=1)      # adapters: the bottleneck width
-    init: str = setting("random", choices=("random", "text"))  # text: the frozen model's own K/V for init_text
-    init_text: str = "name eatType food area near"
-    batch_size: int = setting(16, min=1)
-    max_iters: int = setting(400, min=0)         # 0: save the initial prefix only
-    learning_rate: float = setting(1e-2, gt=0.0)
-    min_lr: float = setting(1e-3, min=0.0)
-    warmup_iters: int = setting(20, min=0)
-    weight_decay: float = setting(0.0, min=0.0)
-    grad_clip: float = setting(1.0, min=0.0)    # 0 disables clipping
-    eval_interval: int = setting(50, min=1)
     eval_examples: int = setting(0, min=0)      # 0 = the whole validation file
-    patience: int = setting(4, min=1)           # stop after this many evaluations without a better val loss
     max_train_examples: int = setting(0, min=0)  # 0 = all (the low-data experiments set this)
-    log_interval: int = setting(10, min=1)
-    seed: int = 1337
     device: str = setting("auto", pattern=DEVICE_PATTERN)
     dtype: str = setting("auto", choices=DTYPES)
 
@@ -66,22 +48,47 @@ def main(argv):
     parse(argv, cfg, prog="finetune_prefix.py", description=__doc__.split("\n\n")[0])
     claim_run_dir(cfg.out_dir, "tune", cfg.overwrite)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, ckpt = load_model(cfg.base, rt.device)     # θ: the base
+
+    # 1. the pretrained base θ, and the score to beat: its val loss with no prefix
+    model, ckpt = load_model(cfg.base, rt.device)
     fingerprint, n_base = weights_fingerprint(model), model.num_params(non_embedding=False)
     originals = dict(model.named_parameters())       # the base's tensors, before a method wraps any
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     is_prefix = cfg.method in PREFIX_METHODS
     train, val = load_examples(cfg, tokenizer, model.config.block_size, cfg.n_prefix if is_prefix else 0)
-    base_loss = task_loss(model, None, val, ctx=rt.autocast)   # the score to beat: the base alone
+    base_loss = task_loss(model, None, val, ctx=rt.autocast)
     print(f"the base alone (no prefix): val loss {base_loss:.4f} (perplexity {math.exp(min(base_loss, 50)):.2f})")
-    attach(cfg.method, model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.adapter_size)
-    prefix = make_prefix(cfg, model, tokenizer, rt.device) if is_prefix else None
+
+    # 2. freeze θ: no base parameter takes a gradient
+    freeze(model)
+
+    # 3. what trains, and the loss it is trained on
+    if is_prefix:
+        prefix = make_prefix(cfg, model, tokenizer, rt.device)     # P: n_layer × (key, value) × n_prefix slots
+
+        def loss_fn(x, y):   # L(LM_θ(x; P), y): the frozen model reads every layer's prefix keys/values first
+            _, loss = model(x, y, prefix_kv=prefix(model))
+            return loss
+        trainable = prefix
+    else:   # the rest of the family: attach adds (LoRA, adapters) or unfreezes (BitFit, FT) what trains
+        prefix = None
+        attach(cfg.method, model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.adapter_size)
+
+        def loss_fn(x, y):
+            _, loss = model(x, y)
+            return loss
+        trainable = model
+
+    # 4. an optimiser over what trains, and only that: for a prefix, P's parameters; θ is never in it
+    optimizer = make_adamw(trainable, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
     counts = count_parameters(model, prefix, n_base)
     print(f"{cfg.method}: " + (f"P={cfg.n_prefix} | " if is_prefix else "") + f"trainable {counts['trainable']:,} "
           f"| frozen {counts['frozen']:,} | {counts['percent']:.3f}% of the base | {len(train)} train / {len(val)} "
           f"val examples | {rt.device}, {rt.dtype}")
     write_run_config(cfg.out_dir, "tune", {"finetune": asdict(cfg), "parameters": counts,
                                            "base_fingerprint": fingerprint})
+
+    # 5. train (prefixgpt/tuning.py: the loop every method shares), keeping the best state by val loss
     path = os.path.join(cfg.out_dir, OUTPUT[kind_of(cfg.method)])
 
     def save_best(best):   # the method's own file: a prefix, the tensors that trained, or a checkpoint
@@ -92,7 +99,9 @@ def main(argv):
             save_delta(path, model, cfg.method, delta_settings(cfg), tokenizer.name, fingerprint, metrics)
         else:
             save_checkpoint(path, model, tokenizer.name, val_loss=best["val_loss"])
-    best = tune(cfg, rt, model, prefix, train, val, base_loss, save_best, cfg.out_dir)
+    best = tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss, save_best, cfg.out_dir)
+
+    # 6. proof that only P trained: every frozen tensor still equals the base file, bit for bit
     n_frozen = check_frozen_unchanged(originals, cfg.base)
     write_json(os.path.join(cfg.out_dir, "summary.json"), {**best, "trainable": counts["trainable"],
                                                            "percent": counts["percent"], "method": cfg.method})

@@ -1,9 +1,9 @@
 """
 sample.py — generate text from a checkpoint, optionally steered by one or more prefixes.
 
-    python sample.py --ckpt=out/shakespeare_baby/best.pt --prompt="ROMEO:" --num_samples=2
-    python sample.py --ckpt=out/main/base.pt --prefix=out/main/e2e_prefix.pt,other.pt --with_base
-    python sample.py --ckpt=out/demo/base/best.pt --requests=out/demo/requests.jsonl --temperature=0
+    python sample.py --base=out/shakespeare_baby/best.pt --prompt="ROMEO:" --num_samples=2
+    python sample.py --base=out/main/base.pt --prefix=out/main/e2e_prefix.pt,other.pt --with_base
+    python sample.py --base=out/demo/base/best.pt --requests=out/demo/requests.jsonl --temperature=0
     python sample.py --help
 
 Decoding uses the KV cache, which starts from the prefix (a prefix *is* a learned KV cache). With
@@ -17,19 +17,20 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_model, load_prefixes
-from cli import main_guard, parse, setting
 from data.tasks import read_jsonl
 from data.tokenizer import get_tokenizer
 from model import prefix_length, room_after
 from prefix import batch_prefixes
-from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import cut_at_stop, decode_rows
+from prefixgpt.checkpoint import load_model, load_prefixes
+from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.decoding import generate
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
+from prefixgpt.scoring import cut_at_stop, decode_rows
 
 
 @dataclass
 class SampleConfig:
-    ckpt: str = "out/shakespeare_baby/best.pt"   # a train.py checkpoint, a GPT-2 name or a HF folder
+    base: str = "out/shakespeare_baby/best.pt"   # a train.py checkpoint, a GPT-2 name or a HF folder
     prefix: list[str] = setting([])   # prefix files, comma-separated
     with_base: bool = False        # also sample the frozen base without any prefix, in the same batch
     prompt: str = "\n"             # text, or FILE:path to read it from a file
@@ -73,8 +74,8 @@ def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list
             kvs = [None if p is None else p(model) for p in prefixes]
         prefix_kv, prefix_mask = batch_prefixes(kvs, rows)
     stop = tokenizer.eot_token if stop_at_eot else None
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                         prefix_kv=prefix_kv, prefix_mask=prefix_mask, stop_token=stop)
+    out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                   prefix_kv=prefix_kv, prefix_mask=prefix_mask, stop_token=stop)
     results = []
     for row, i in enumerate(rows):
         new = cut_at_stop(out[row, len(ids):].tolist(), stop)
@@ -116,7 +117,7 @@ def main(argv):
         raise ValueError("--requests names each row's prefix and prompt: drop --prefix, --prompt, --with_base "
                          "and --num_samples, or drop --requests")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    model, ckpt = load_model(cfg.ckpt, rt.device)
+    model, ckpt = load_model(cfg.base, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     if cfg.requests:
         with rt.autocast:

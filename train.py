@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import main_guard, parse, setting, validate
 from data.bins import load_bin
 from model import GPT, GPTConfig
-from optim import cosine_lr, make_adamw, set_lr
-from runlog import MetricsLog, claim_run_dir, finite_or_none, fmt_time, write_json, write_run_config
-from runtime import DEVICE_PATTERN, DTYPES, StopOnSignal, setup_runtime
-from scoring import eval_mode, full_split_loss
+from prefixgpt.checkpoint import load_checkpoint, save_checkpoint
+from prefixgpt.cli import main_guard, parse, setting, validate
+from prefixgpt.optim import cosine_lr, make_adamw, set_lr
+from prefixgpt.runlog import MetricsLog, claim_run_dir, finite_or_none, fmt_time, write_json, write_run_config
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, StopOnSignal, setup_runtime
+from prefixgpt.scoring import eval_mode, full_split_loss
 
 
 @dataclass

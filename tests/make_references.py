@@ -20,13 +20,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:   # run as a script, Python puts tests/ on sys.path, not the project root
     sys.path.insert(0, ROOT)
-from analysis import nearest_tokens  # noqa: E402
 from data.files import atomic_write  # noqa: E402
 from data.tasks import TaskExample, collate  # noqa: E402
-from methods import Adapter, LoRALinear  # noqa: E402
-from model import (GPT, GPTConfig, KVCache, attention_mask, attention_weights,  # noqa: E402
+from model import (GPT, GPTConfig, attention_mask, attention_weights,  # noqa: E402
                    prefix_attention_reference, token_positions)
 from prefix import PrefixTuning, PromptTuning, batch_prefixes  # noqa: E402
+from prefixgpt.analysis import nearest_tokens  # noqa: E402
+from prefixgpt.decoding import KVCache, generate, step  # noqa: E402
+from prefixgpt.methods import Adapter, LoRALinear  # noqa: E402
 
 PATH = os.path.join(ROOT, "tests", "reference", "assignments.npz")
 CONFIG = dict(block_size=16, vocab_size=23, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
@@ -106,10 +107,10 @@ def build() -> dict:
     p5 = random_kv(g, 3)
     idx = torch.randint(0, CONFIG["vocab_size"], (2, 4), generator=g)
     cache = KVCache(model.config, 2, 3 + 4, as_pairs(p5))
-    model.step(idx, cache)
+    step(model, idx, cache)
     ref.update({"a5.prefix": p5, "a5.idx": idx,
                 "a5.cache": torch.stack([torch.stack([K, V]) for K, V in zip(cache.keys, cache.values)]),
-                "a5.tokens": model.generate(idx, 6, temperature=0, prefix_kv=as_pairs(p5))})
+                "a5.tokens": generate(model, idx, 6, temperature=0, prefix_kv=as_pairs(p5))})
 
     # A6: a batch collated with the prompts masked, and the loss and prefix gradient it gives
     examples = [TaskExample([3, 4, 5, 6, 7], 2), TaskExample([8, 9, 10], 1), TaskExample([11, 12, 13, 14], 4)]

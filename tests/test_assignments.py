@@ -18,14 +18,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import assignments
-from analysis import attention_maps, average_prefix_mass, nearest_tokens, plot_mass, prefix_mass
 from conftest import ROOT
+from course import assignments
 from data.tasks import TaskExample, collate
-from methods import Adapter, LoRALinear
-from model import (GPT, GPTConfig, KVCache, attention_mask, attention_weights, prefix_attention_reference,
+from model import (GPT, GPTConfig, attention_mask, attention_weights, prefix_attention_reference,
                    token_positions)
 from prefix import PrefixTuning, PromptTuning, batch_prefixes, count_parameters, freeze
+from prefixgpt.analysis import attention_maps, average_prefix_mass, nearest_tokens, plot_mass, prefix_mass
+from prefixgpt.decoding import KVCache, generate, step
+from prefixgpt.methods import Adapter, LoRALinear
 
 REF = np.load(os.path.join(ROOT, "tests", "reference", "assignments.npz"))
 ATOL, RTOL = 1e-5, 1e-4
@@ -202,10 +203,10 @@ def test_a5_cache_and_greedy_tokens_match_the_reference():
     prefix, idx = pairs(ref("a5.prefix")), ref("a5.idx")
     cache = KVCache(model.config, 2, 3 + 4, prefix)
     with torch.no_grad():
-        model.step(idx, cache)
+        step(model, idx, cache)
     assert cache.n == 7
     close(torch.stack([torch.stack([K, V]) for K, V in zip(cache.keys, cache.values)]), "a5.cache")
-    assert torch.equal(model.generate(idx, 6, temperature=0, prefix_kv=prefix), ref("a5.tokens"))
+    assert torch.equal(generate(model, idx, 6, temperature=0, prefix_kv=prefix), ref("a5.tokens"))
 
 
 # -- A6: the frozen tuning step --------------------------------------------------------------------------
@@ -301,9 +302,9 @@ def test_prefix_mass_is_a_share_between_0_and_1(tiny_model, tiny_config):
 
 
 def test_attention_mass_script_writes_a_png_heatmap(tmp_path, capsys):
-    import attention_mass
-    import cli
-    from checkpoint import save_checkpoint, save_prefix, weights_fingerprint
+    from experiments import attention_mass
+    from prefixgpt import cli
+    from prefixgpt.checkpoint import save_checkpoint, save_prefix, weights_fingerprint
     ckpt = str(tmp_path / "base.pt")
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, vocab_size=256, n_layer=3, n_head=4, n_embd=32))   # byte ids fit
@@ -313,15 +314,15 @@ def test_attention_mass_script_writes_a_png_heatmap(tmp_path, capsys):
     (tmp_path / "d.jsonl").write_text('{"prompt": "ab", "completion": "cd"}\n{"prompt": "xyz"}\n')
     for how in ([f"--prefix={prefix_file}", f"--data={tmp_path}/d.jsonl"], ["--random_prefix=3", "--text=hello"]):
         out = tmp_path / f"mass{len(how[0])}.png"
-        attention_mass.main([f"--ckpt={ckpt}", *how, f"--out={out}", "--device=cpu"])
+        attention_mass.main([f"--base={ckpt}", *how, f"--out={out}", "--device=cpu"])
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         table = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("layer")]
         values = [float(v) for line in table for v in line.split(":")[1].split()]
         assert len(table) == 3 and len(values) == 12 and all(0 <= v <= 1 for v in values)
     with pytest.raises(cli.UsageError, match="give one prefix: --prefix=FILE or --random_prefix=P"):
-        attention_mass.main([f"--ckpt={ckpt}", "--random_prefix=3", f"--prefix={prefix_file}"])
+        attention_mass.main([f"--base={ckpt}", "--random_prefix=3", f"--prefix={prefix_file}"])
     with pytest.raises(cli.UsageError, match="must name a .png file"):
-        attention_mass.main([f"--ckpt={ckpt}", "--random_prefix=3", "--out=mass.jpg"])
+        attention_mass.main([f"--base={ckpt}", "--random_prefix=3", "--out=mass.jpg"])
 
 
 def test_plot_mass_writes_one_png_and_no_temporary_file(tmp_path):
@@ -369,5 +370,5 @@ def test_task_names_are_checked_in_one_line():
 
 def test_grade_py_refuses_bad_input_in_one_line():
     from conftest import one_line_error, run
-    one_line_error(run("grade.py", "--tasks", "A1,B2", check=False), "unknown task B2")
-    one_line_error(run("grade.py", "--points=3", check=False), "unrecognized arguments")
+    one_line_error(run("course/grade.py", "--tasks", "A1,B2", check=False), "unknown task B2")
+    one_line_error(run("course/grade.py", "--points=3", check=False), "unrecognized arguments")

@@ -3,10 +3,11 @@ No test here reads a time: speed is bench.py's business, measured as ratios in o
 import pytest
 import torch
 
-import bench
+from checks import bench
 from conftest import run
-from optim import make_adamw
 from prefix import PrefixTuning, freeze
+from prefixgpt.decoding import generate
+from prefixgpt.optim import make_adamw
 
 
 def test_memory_accounting_counts_exactly_what_prefix_tuning_holds(tiny_model, tiny_config):
@@ -31,7 +32,7 @@ def test_training_flops_follow_the_formula_in_its_docstring():
 
 @pytest.mark.slow
 def test_prefix_suite_runs_end_to_end_in_quick_mode():
-    out = run("bench.py", "--suite=prefix", "--quick", timeout=600).stdout
+    out = run("checks/bench.py", "--suite=prefix", "--quick", timeout=600).stdout
     for line in ("fp32 matmul peak of this machine",
                  "=== toy: 4 layers x 4 heads x 128",
                  "prefix tuning / full fine-tuning: x",
@@ -72,8 +73,8 @@ def test_transformers_generate_with_the_prefix_as_its_cache_decodes_what_ours_do
     model, hf = bench.build_models("toy", 64, "cpu", transformers)
     kv = [(50 * k, 50 * v) for k, v in bench.random_prefix_kv(model.config, 10, "cpu", seed=2)]
     x = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
-    ours = model.generate(x, 12, temperature=0, prefix_kv=kv)[0, 8:].tolist()
+    ours = generate(model, x, 12, temperature=0, prefix_kv=kv)[0, 8:].tolist()
     theirs = hf.generate(x, past_key_values=bench.hf_cache(transformers, kv), attention_mask=torch.ones(1, 18, dtype=torch.long),
                          max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)[0, 8:].tolist()
-    plain = model.generate(x, 12, temperature=0)[0, 8:].tolist()
+    plain = generate(model, x, 12, temperature=0)[0, 8:].tolist()
     assert ours == theirs != plain

@@ -7,16 +7,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-import compare
-from checkpoint import load_model, save_checkpoint, weights_fingerprint
-from cli import main_guard, parse
 from conftest import run
 from data.shakespeare.prepare import prepare
 from data.sst2.prepare import write_task
 from data.tasks import TaskExample, demonstrations, fewshot_heads
 from data.tokenizer import ByteTokenizer
+from experiments import compare
 from model import GPT
-from runtime import setup_runtime
+from prefixgpt.checkpoint import load_model, save_checkpoint, weights_fingerprint
+from prefixgpt.cli import main_guard, parse
+from prefixgpt.runtime import setup_runtime
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
             f"--out_dir={tmp_path}/cmp", "--methods=prefix,prompt,lora,adapter,bitfit,ft-top2,ft,fewshot",
             "--quick", "--seeds=0", "--steps=6", "--batch_size=4", "--n_prefix=3", "--p_sweep=1,3", "--test_prompts=2",
             "--device=cpu"]
-    first = run("compare.py", *args, timeout=600)
+    first = run("experiments/compare.py", *args, timeout=600)
     table = (tmp_path / "cmp" / "results.md").read_text()
     for method in ("base alone", "prefix", "prompt", "lora", "adapter", "bitfit", "ft-top2", "| ft |", "fewshot"):
         assert method in table, table
@@ -51,7 +51,7 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
     assert len(runs) == 7 * 1 * 2 + 1 + 1
     assert all(r["forgetting"] == runs[0]["forgetting"] for r in runs if r["method"] in ("prefix", "prompt"))
     assert (tmp_path / "cmp" / "results.png").stat().st_size > 0
-    again = run("compare.py", *args, timeout=600)
+    again = run("experiments/compare.py", *args, timeout=600)
     assert "so far" in first.stdout and "so far" not in again.stdout          # nothing ran the second time
     assert (tmp_path / "cmp" / "results.md").read_text() == table
 
@@ -165,8 +165,8 @@ def test_the_gap_closed_is_the_share_of_base_minus_ft_per_seed():
     rows = [{"method": "ft", "seed": 0, "val_loss": 1.0}, {"method": "prefix", "seed": 0, "val_loss": 1.5},
             {"method": "ft", "seed": 1, "val_loss": 1.2}, {"method": "prefix", "seed": 1, "val_loss": 1.2},
             {"method": "prefix", "seed": 2, "val_loss": 1.9}]   # seed 2 has no ft: no gap to compare with
-    assert compare.gap_closed(rows, "prefix", 2.0) == [50.0, 100.0]
-    assert compare.gap_closed(rows, "prefix", 0.9) == []          # ft never beat the base: no gap
+    assert compare.gaps_per_seed(rows, "prefix", 2.0) == [50.0, 100.0]
+    assert compare.gaps_per_seed(rows, "prefix", 0.9) == []          # ft never beat the base: no gap
 
 
 def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_path, monkeypatch, capsys):
@@ -232,7 +232,7 @@ def test_a_learning_rate_picked_at_the_grids_edge_is_bracketed(best, bracket, pi
     """The val loss is a bowl in log(lr) around `best`: the pick must be the grid's 1-3-10 rate nearest it
     (within MAX_EXTRA_RATES more), and only the rates needed to show that are run."""
     import math
-    import compare
+    from experiments import compare
     runs = []
 
     def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):
@@ -248,7 +248,7 @@ def test_a_classification_task_picks_its_rate_on_the_val_label_loss(monkeypatch)
     """SST-2's val loss falls as the rate rises (the answer's format is learnt sooner) while the label is
     chosen no better, and a model that always answers the majority label wins on val accuracy: the pick
     must follow the label loss, -log p(true label) among the labels."""
-    import compare
+    from experiments import compare
     label_loss = {3e-4: 0.69, 1e-3: 0.64, 3e-3: 0.61, 1e-2: 0.70, 3e-2: 0.72}
     accuracy = {3e-4: 0.57, 1e-3: 0.55, 3e-3: 0.60, 1e-2: 0.57, 3e-2: 0.57}   # 0.57: all majority
 
@@ -264,7 +264,7 @@ def test_the_label_loss_is_minus_log_the_true_labels_share_among_the_labels(monk
     """classify's label_loss: candidates' completion log-probs (N, labels) -> softmax over the labels ->
     mean -log p(true label). A confident constant answer is punished where it is wrong."""
     import math
-    import scoring
+    from prefixgpt import scoring
     logp = {0: torch.tensor([-1.0, -5.0]), 1: torch.tensor([-3.0, -3.0])}   # label k's log-prob for rows 0, 1
     monkeypatch.setattr(scoring, "completion_logprob", lambda model, prefix, c: logp[c])
     out = scoring.classify(None, None, [0, 1], [0, 1])     # row 0 is label 0, row 1 is label 1
@@ -275,7 +275,7 @@ def test_the_label_loss_is_minus_log_the_true_labels_share_among_the_labels(monk
 
 
 def test_pick_on_chooses_what_ranks_the_rates_and_is_refused_where_a_task_has_no_labels(monkeypatch, tmp_path):
-    import compare
+    from experiments import compare
     rows = {3e-4: (0.30, 0.69, 0.57), 1e-3: (0.25, 0.60, 0.55), 3e-3: (0.20, 0.65, 0.60), 1e-2: (0.15, 0.70, 0.57),
             3e-2: (0.12, 0.72, 0.57), 1e-1: (0.11, 0.80, 0.57), 3e-5: (0.40, 0.70, 0.50), 1e-4: (0.35, 0.70, 0.52)}
     monkeypatch.setattr(compare, "cell", lambda *a: dict(zip(("val_loss", "val_label_loss", "val_accuracy"), rows[a[5]])))
@@ -294,7 +294,7 @@ def test_a_classification_cell_holds_its_val_label_loss_and_says_so_in_its_key(s
 
 
 def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
-    import compare
+    from experiments import compare
     runs = []
 
     def fake_cell(cfg, rt, b, results, method, lr, seed, size, p, t0):

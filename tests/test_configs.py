@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from cli import parse
 from conftest import ROOT
 from finetune_prefix import FinetuneConfig
 from model import GPT, GPTConfig
+from prefixgpt.cli import parse
 from train import TrainConfig
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.toml")))
@@ -44,3 +44,15 @@ def test_the_gpu_base_is_ten_times_the_demos_and_reads_the_demos_corpus():
     assert sizes[0] == 11_433_984 and 10 <= sizes[0] / sizes[1] <= 11   # README: 11.43M, 10 × the demo's
     assert gpu.batch_size * gpu_model.block_size * gpu.max_iters == 30_720_000   # ~30M tokens
     assert gpu_model.dropout > 0   # ~10 passes over a 2.86M-token corpus: it would overfit without
+
+
+def test_ckpt_is_another_name_for_base_in_every_script_that_takes_a_base(capsys):
+    """One name for the frozen base (--base); --ckpt, nanoGPT's, still works and --help says so."""
+    from evaluate import EvalConfig
+    from sample import SampleConfig
+    for make in (EvalConfig, SampleConfig):
+        cfg = make()
+        assert parse(["--ckpt=some/best.pt"], cfg) == {"base"} and cfg.base == "some/best.pt"
+    with pytest.raises(SystemExit):
+        parse(["--help"], SampleConfig())
+    assert "--ckpt is another name for --base" in capsys.readouterr().out

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-import demo
-from checkpoint import save_checkpoint
-from cli import UsageError
 from conftest import ROOT
+import demo
 from model import GPT, GPTConfig
+from prefixgpt.checkpoint import save_checkpoint
+from prefixgpt.cli import UsageError
 
 
 def test_sst2_and_long_set_their_runs_except_what_was_given():

@@ -2,8 +2,9 @@
 (the fast attention path, the preallocated cache) makes its check fail. A GPU run is the README's."""
 import pytest
 
-import devicecheck
+from checks import devicecheck
 import model
+from prefixgpt import decoding
 
 
 def checks(out: str) -> dict:
@@ -39,15 +40,15 @@ def test_a_fast_path_that_drops_the_prefix_mask_fails_its_check(capsys, monkeypa
 
 
 def test_a_cache_that_loses_the_newest_value_fails_the_decoding_checks(capsys, monkeypatch):
-    real = model.KVCache.append
+    real = decoding.KVCache.append
 
     def stale(self, layer, k, v):
         K, V = real(self, layer, k, v)
-        if self.n > self.n_prefix_slots:      # from the second step on, the new token's value reads as 0
+        if self.n > self.n_prefix:      # from the second step on, the new token's value reads as 0
             V = V.clone()
             V[:, :, -1] = 0
         return K, V
-    monkeypatch.setattr(model.KVCache, "append", stale)
+    monkeypatch.setattr(decoding.KVCache, "append", stale)
     assert devicecheck.main(["--device=cpu", "--scripts=false"]) == 1
     found = checks(capsys.readouterr().out)
     assert found["greedy decoding on cpu, cache, vs the CPU (past block_size)"] == "FAIL"

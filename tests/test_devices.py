@@ -1,8 +1,9 @@
 """GPU paths that can be checked without a GPU: bf16 autocast on the CPU, and torch.cuda monkeypatched."""
 import torch
 
-import runtime
 from prefix import PrefixTuning, PromptTuning, batch_prefixes
+from prefixgpt import runtime
+from prefixgpt.decoding import generate
 from train import TrainConfig, restore_state
 
 
@@ -17,7 +18,7 @@ def test_a_prefix_under_bf16_autocast_trains_and_generates(tiny_model, tiny_conf
         assert logits.dtype == torch.bfloat16 and all(p.grad is not None for p in prefix.parameters())
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             kv, mask = batch_prefixes([prefix(tiny_model), None], [0, 1])
-            out = tiny_model.generate(x, 5, temperature=0, prefix_kv=kv, prefix_mask=mask)
+            out = generate(tiny_model, x, 5, temperature=0, prefix_kv=kv, prefix_mask=mask)
         assert out.shape == (2, 11)
 
 
@@ -57,7 +58,7 @@ def test_decoding_with_a_prefix_mask_reads_the_gpu_once_per_call_not_per_token(t
     reads = []
     real_int = torch.Tensor.__int__
     monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(1) or real_int(t))
-    tiny_model.generate(torch.zeros(2, 1, dtype=torch.long), 12, temperature=0, prefix_kv=kv, prefix_mask=mask)
+    generate(tiny_model, torch.zeros(2, 1, dtype=torch.long), 12, temperature=0, prefix_kv=kv, prefix_mask=mask)
     assert len(reads) == 1
 
 

@@ -6,12 +6,13 @@ import re
 import pytest
 import torch
 
-from checkpoint import load_model, save_prefix, weights_fingerprint
 from conftest import one_line_error, run
 from data.shakespeare.prepare import prepare
 from data.tasks import collate, load_task
 from data.tokenizer import ByteTokenizer
 from prefix import PrefixTuning
+from prefixgpt.checkpoint import load_model, save_prefix, weights_fingerprint
+from prefixgpt.decoding import beam_search, generate
 
 TOK = ByteTokenizer()
 MRS = [("name[Blue Spice], food[Chinese]", " Blue Spice serves Chinese food."),
@@ -134,18 +135,18 @@ def test_beam_search_of_width_one_is_greedy(setup):
     torch.nn.init.normal_(prefix.prefix, std=1.0)
     for text in ("name[The Mill] ||", "Zizzi"):
         idx = torch.tensor([TOK.encode(text)])
-        greedy = model.generate(idx, 30, temperature=0, prefix_kv=prefix(model), stop_token=TOK.eot_token)
+        greedy = generate(model, idx, 30, temperature=0, prefix_kv=prefix(model), stop_token=TOK.eot_token)
         greedy = greedy[0, idx.size(1):].tolist()
         if TOK.eot_token in greedy:
             greedy = greedy[:greedy.index(TOK.eot_token) + 1]
-        assert model.beam_search(idx, 30, beam_width=1, prefix_kv=prefix(model), stop_token=TOK.eot_token) == greedy
+        assert beam_search(model, idx, 30, beam_width=1, prefix_kv=prefix(model), stop_token=TOK.eot_token) == greedy
 
 
 @pytest.mark.slow
 def test_batched_greedy_equals_one_prompt_at_a_time(setup):
     """(prefix, prompt) rows of different prefixes and prompt lengths decoded in one mixed batch (their
     caches batched like mixed-length prefixes) give exactly what generate gives for each row alone."""
-    from scoring import decode_rows
+    from prefixgpt.scoring import decode_rows
     model, _ = load_model(setup["base"])
     prefixes = []
     for n in (3, 6):
@@ -155,7 +156,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time(setup):
     prompts = [TOK.encode(t) for t in ("n", "Zizzi", "name[The Mill] ||", "Loch")]
     rows = [(kv, ids) for kv in [None] + prefixes for ids in prompts]
     for (prefix_kv, ids), new in zip(rows, decode_rows(model, rows, 20, stop=-1)):
-        alone = model.generate(torch.tensor([ids]), 20, temperature=0, prefix_kv=prefix_kv)
+        alone = generate(model, torch.tensor([ids]), 20, temperature=0, prefix_kv=prefix_kv)
         assert new == alone[0, len(ids):].tolist()
 
 
@@ -170,8 +171,8 @@ def test_wider_beams_find_sequences_at_least_as_likely(setup):
         logp = torch.log_softmax(model(seq[:, :-1])[0][0], -1)
         return sum(logp[idx.size(1) - 1 + i, t].item() for i, t in enumerate(tokens))
 
-    greedy = model.beam_search(idx, 12, beam_width=1, length_penalty=0.0)
-    beam = model.beam_search(idx, 12, beam_width=4, length_penalty=0.0)
+    greedy = beam_search(model, idx, 12, beam_width=1, length_penalty=0.0)
+    beam = beam_search(model, idx, 12, beam_width=4, length_penalty=0.0)
     assert len(greedy) == len(beam) == 12
     assert logprob(beam) >= logprob(greedy) - 1e-4
 
@@ -180,7 +181,7 @@ def test_wider_beams_find_sequences_at_least_as_likely(setup):
 def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     finetune(setup, tmp_path / "p", "--max_iters=10")
     out = tmp_path / "completions.jsonl"
-    res = run("evaluate.py", "--mode=generate", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
+    res = run("evaluate.py", "--mode=generate", f"--base={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
               f"--data={setup['train']}", f"--out={out}", "--beam=2", "--max_new_tokens=20")
     rows = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["prompt"] for r in rows] == [f"{mr} ||" for mr, _ in MRS]   # one per distinct prompt
@@ -189,17 +190,17 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     # and each prefix's completions are those it gives when evaluated alone
     finetune(setup, tmp_path / "q", "--max_iters=10", "--method=prompt")
     both = f"--prefix={tmp_path}/p/prefix.pt,{tmp_path}/q/prefix.pt"
-    res = run("evaluate.py", "--mode=generate", f"--ckpt={setup['base']}", both, "--with_base",
+    res = run("evaluate.py", "--mode=generate", f"--base={setup['base']}", both, "--with_base",
               f"--data={setup['train']}", f"--out={out}", "--max_new_tokens=20", "--overwrite")
     rows = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["prefix"] for r in rows] == ["no prefix"] * 4 + ["p/prefix.pt"] * 4 + ["q/prefix.pt"] * 4
     for label in ("no prefix", "p/prefix.pt", "q/prefix.pt"):
         assert re.search(rf"{re.escape(label)} +BLEU-4 \d", res.stdout), res.stdout
-    run("evaluate.py", "--mode=generate", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/q/prefix.pt",
+    run("evaluate.py", "--mode=generate", f"--base={setup['base']}", f"--prefix={tmp_path}/q/prefix.pt",
         f"--data={setup['train']}", f"--out={tmp_path}/alone.jsonl", "--max_new_tokens=20")
     alone = [json.loads(line)["completion"] for line in open(tmp_path / "alone.jsonl", encoding="utf-8")]
     assert [r["completion"] for r in rows[8:]] == alone
-    res = run("evaluate.py", "--mode=loss", f"--ckpt={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
+    res = run("evaluate.py", "--mode=loss", f"--base={setup['base']}", f"--prefix={tmp_path}/p/prefix.pt",
               f"--data={setup['val']}")
     assert "perplexity" in res.stdout
     # bytes: one token a byte (ASCII completions), so nats per byte is the loss itself
@@ -209,7 +210,7 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
 
 def test_completion_bytes_counts_the_text_the_targets_spell_in_any_tokenizer(tmp_path):
     from data.tokenizer import get_tokenizer
-    from scoring import completion_bytes
+    from prefixgpt.scoring import completion_bytes
     path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": f"{mr} ||", "completion": ref} for mr, ref in MRS])
     for name in ("byte", "gpt2_2048", "gpt2_300"):
         tok = get_tokenizer(name)
@@ -224,7 +225,7 @@ def test_completion_bytes_counts_the_text_the_targets_spell_in_any_tokenizer(tmp
 def test_classification_by_label_likelihood(setup, tmp_path):
     data = write_jsonl(tmp_path / "cls.jsonl", [{"prompt": "The Mill is by the", "completion": " riverside."},
                                                 {"prompt": "Zizzi is an", "completion": " Italian place."}])
-    res = run("evaluate.py", "--mode=classify", f"--ckpt={setup['base']}", f"--data={data}",
+    res = run("evaluate.py", "--mode=classify", f"--base={setup['base']}", f"--data={data}",
               "--labels= riverside., Italian place.")
     assert "accuracy" in res.stdout and "macro-F1" in res.stdout
 
@@ -254,10 +255,10 @@ def test_a_prefix_for_another_base_is_refused(setup, tmp_path):
     other = PrefixTuning(model.config, 4)
     path = str(tmp_path / "other.pt")
     save_prefix(path, other, "byte", base_fingerprint="0123456789abcdef")
-    res = run("sample.py", f"--ckpt={setup['base']}", f"--prefix={path}", check=False)
+    res = run("sample.py", f"--base={setup['base']}", f"--prefix={path}", check=False)
     assert res.returncode == 1 and "another base model" in res.stderr
     save_prefix(path, other, "gpt2", base_fingerprint=weights_fingerprint(model))
-    res = run("evaluate.py", f"--ckpt={setup['base']}", f"--prefix={path}", f"--data={setup['val']}", check=False)
+    res = run("evaluate.py", f"--base={setup['base']}", f"--prefix={path}", f"--data={setup['val']}", check=False)
     assert res.returncode == 1 and "'gpt2' tokenizer" in res.stderr
 
 
@@ -281,7 +282,7 @@ def test_sample_with_two_prefixes_in_one_mixed_batch(setup, tmp_path):
         torch.nn.init.normal_(p.prefix, std=1.0)
         paths.append(str(tmp_path / f"p{n}.pt"))
         save_prefix(paths[-1], p, "byte", weights_fingerprint(model))
-    res = run("sample.py", f"--ckpt={setup['base']}", f"--prefix={','.join(paths)}", "--with_base",
+    res = run("sample.py", f"--base={setup['base']}", f"--prefix={','.join(paths)}", "--with_base",
               "--prompt=name[", "--num_samples=1", "--max_new_tokens=10", "--temperature=0")
     for label in ("[no prefix]", "[p2.pt]", "[p5.pt]"):
         assert label in res.stdout
@@ -310,24 +311,24 @@ def test_requests_serve_each_row_with_its_own_prefix_and_prompt(setup, tmp_path)
         assert serve_requests(model, TOK, alone, 12, temperature=0.0, top_k=None)[0][2] == text
         assert prompt == r["prompt"]
     # and "alone" is the model's own generate with that row's prefix as its KV cache
-    from checkpoint import load_prefix
+    from prefixgpt.checkpoint import load_prefix
     for r, (_, _, text) in zip(rows, served):
         prefix_kv = load_prefix(r["prefix"], model)[0](model) if r["prefix"] else None
         ids = torch.tensor([TOK.encode(r["prompt"])])
-        out = model.generate(ids, 12, temperature=0, prefix_kv=prefix_kv)[0, ids.size(1):].tolist()
+        out = generate(model, ids, 12, temperature=0, prefix_kv=prefix_kv)[0, ids.size(1):].tolist()
         assert TOK.decode(out) == text
-    res = run("sample.py", f"--ckpt={setup['base']}", f"--requests={requests}", "--temperature=0",
+    res = run("sample.py", f"--base={setup['base']}", f"--requests={requests}", "--temperature=0",
               "--max_new_tokens=12")
     assert res.stdout.count("--- [p2.pt] ---") == 2 and "--- [no prefix] ---" in res.stdout
-    res = run("sample.py", f"--ckpt={setup['base']}", f"--requests={requests}", "--prompt=x", check=False)
+    res = run("sample.py", f"--base={setup['base']}", f"--requests={requests}", "--prompt=x", check=False)
     one_line_error(res, "--requests", "--prompt")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prefix": "", "prompt": "x" * 200}])
-    one_line_error(run("sample.py", f"--ckpt={setup['base']}", f"--requests={bad}", check=False), "bad.jsonl:1")
+    one_line_error(run("sample.py", f"--base={setup['base']}", f"--requests={bad}", check=False), "bad.jsonl:1")
 
 
 def test_completion_logprob_keeps_the_input_order_when_it_batches_by_length():
     from model import GPT, GPTConfig
-    from scoring import completion_logprob
+    from prefixgpt.scoring import completion_logprob
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=256))
     rows = [("a long prompt of many bytes", " yes"), ("ab", " no"), ("a middling prompt", " maybe"), ("x", " y")]

@@ -19,10 +19,10 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from cli import parse
 from finetune_prefix import FinetuneConfig
-from gpt2 import is_gpt2_name, read_safetensors, write_safetensors
-from model import GPT
+from prefixgpt.cli import parse
+from prefixgpt.decoding import generate
+from prefixgpt.gpt2 import is_gpt2_name, load_gpt2, read_safetensors, write_safetensors
 
 VOCAB = 101
 
@@ -61,7 +61,7 @@ def one_line_error(excinfo) -> str:
 def test_folder_loads_with_transformers_logits_and_tied_head(hf_folder):
     folder, hf = hf_folder
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))      # the layout under test
-    model = GPT.from_pretrained(folder)
+    model = load_gpt2(folder)
     c = model.config
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (2, 2, 32, 64, VOCAB)
     assert c.gelu == "tanh" and c.bias and not model.training
@@ -77,7 +77,7 @@ def test_folder_loads_with_transformers_logits_and_tied_head(hf_folder):
 
 def test_prefix_kv_equals_transformers_past_key_values(hf_folder):
     folder, hf = hf_folder
-    model = GPT.from_pretrained(folder)
+    model = load_gpt2(folder)
     g = torch.Generator().manual_seed(2)
     P, B = 5, 2
     prefix_kv = [(torch.randn(1, 2, P, 16, generator=g), torch.randn(1, 2, P, 16, generator=g))
@@ -96,9 +96,9 @@ def test_prefix_kv_equals_transformers_past_key_values(hf_folder):
 
 def test_greedy_generation_gives_transformers_tokens(hf_folder):
     folder, hf = hf_folder
-    model = GPT.from_pretrained(folder)
+    model = load_gpt2(folder)
     x = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
-    ours = model.generate(x, 20, temperature=0)
+    ours = generate(model, x, 20, temperature=0)
     theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False,
                          pad_token_id=0)
     assert torch.equal(ours, theirs)
@@ -110,18 +110,18 @@ def test_greedy_generation_after_a_prefix_gives_transformers_tokens(hf_folder):
     oracle here: peft 0.21.2 looks for `past_key_values` among generate's arguments, which
     transformers 5.24 renamed `cache`, so it re-inserts the prefix at every step.)"""
     folder, hf = hf_folder
-    model = GPT.from_pretrained(folder)
+    model = load_gpt2(folder)
     g = torch.Generator().manual_seed(4)
     P = 3
     prefix_kv = [(torch.randn(1, 2, P, 16, generator=g), torch.randn(1, 2, P, 16, generator=g))
                  for _ in range(2)]
     x = torch.randint(0, VOCAB, (1, 6), generator=g)
-    ours = model.generate(x, 20, temperature=0, prefix_kv=prefix_kv)
+    ours = generate(model, x, 20, temperature=0, prefix_kv=prefix_kv)
     cache = transformers.DynamicCache([(k.clone(), v.clone()) for k, v in prefix_kv])
     theirs = hf.generate(x, cache=cache, attention_mask=torch.ones(1, P + 6, dtype=torch.long),
                          max_new_tokens=20, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
-    assert not torch.equal(ours, model.generate(x, 20, temperature=0))   # the prefix steers it
+    assert not torch.equal(ours, generate(model, x, 20, temperature=0))   # the prefix steers it
 
 
 def test_pytorch_model_bin_folder_loads(hf_folder, tmp_path):
@@ -130,7 +130,7 @@ def test_pytorch_model_bin_folder_loads(hf_folder, tmp_path):
     folder, hf = hf_folder
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     shutil.copy(os.path.join(folder, "config.json"), tmp_path)
-    model = GPT.from_pretrained(str(tmp_path))
+    model = load_gpt2(str(tmp_path))
     x = torch.randint(0, VOCAB, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], hf(x).logits, atol=1e-5, rtol=0)
@@ -148,7 +148,7 @@ def test_hub_style_keys_and_buffers_load(hf_folder, tmp_path):
     hub["lm_head.weight"] = hub["wte.weight"].clone()
     safetensors.torch.save_file(hub, str(tmp_path / "model.safetensors"))
     shutil.copy(os.path.join(folder, "config.json"), tmp_path)
-    model = GPT.from_pretrained(str(tmp_path))
+    model = load_gpt2(str(tmp_path))
     x = torch.randint(0, VOCAB, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], hf(x).logits, atol=1e-5, rtol=0)
@@ -185,7 +185,7 @@ def bad_folder(src, dst, edit_state=None, edit_config=None):
 def test_bad_folder_is_a_one_line_error_naming_it(hf_folder, tmp_path, edit_state, edit_config, expected):
     folder = bad_folder(hf_folder[0], tmp_path, edit_state, edit_config)
     with pytest.raises(ValueError, match=expected) as e:
-        GPT.from_pretrained(folder)
+        load_gpt2(folder)
     one_line_error(e)
 
 
@@ -196,19 +196,19 @@ def test_truncated_weights_file_is_a_one_line_error_naming_it(hf_folder, tmp_pat
         data = f.read()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(ValueError, match=r"model.safetensors is truncated") as e:
-        GPT.from_pretrained(str(tmp_path))
+        load_gpt2(str(tmp_path))
     one_line_error(e)
 
 
 def test_a_folder_without_weights_or_config_and_an_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
-        GPT.from_pretrained(str(tmp_path))
+        load_gpt2(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 8, "n_embd": 8,
                                                       "n_layer": 1, "n_head": 1, "vocab_size": 5}))
     with pytest.raises(ValueError, match="neither model.safetensors nor pytorch_model.bin"):
-        GPT.from_pretrained(str(tmp_path))
+        load_gpt2(str(tmp_path))
     with pytest.raises(ValueError, match="neither a folder nor a GPT-2 name"):
-        GPT.from_pretrained("gpt3")
+        load_gpt2("gpt3")
     assert is_gpt2_name("gpt2-medium") and not is_gpt2_name("gpt2-tiny")
 
 
@@ -268,13 +268,13 @@ def test_download_caches_and_then_needs_no_network(hf_folder, hub, monkeypatch, 
         expected = hf_folder[1](x).logits
     with serve(root) as url:
         monkeypatch.setenv("PREFIXGPT_HF_ENDPOINT", url)
-        model = GPT.from_pretrained("gpt2")
+        model = load_gpt2("gpt2")
     assert "downloading gpt2/model.safetensors: 100%" in capsys.readouterr().err
     assert all_files(cache) == ["gpt2/config.json", "gpt2/model.safetensors"]   # no .tmp left
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], expected, atol=1e-5, rtol=0)
     # the server is gone: the cache alone must do
-    again = GPT.from_pretrained("gpt2")
+    again = load_gpt2("gpt2")
     assert capsys.readouterr().err == ""
     with torch.no_grad():
         torch.testing.assert_close(again(x)[0], expected, atol=1e-5, rtol=0)
@@ -285,7 +285,7 @@ def test_cache_dir_argument_beats_the_environment(hub, tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     with serve(root) as url:
         monkeypatch.setenv("PREFIXGPT_HF_ENDPOINT", url)
-        GPT.from_pretrained("gpt2", cache_dir=str(mine))
+        load_gpt2("gpt2", cache_dir=str(mine))
     assert all_files(mine) == ["gpt2/config.json", "gpt2/model.safetensors"]
     assert not cache.exists()
 
@@ -296,7 +296,7 @@ def test_offline_with_an_empty_cache_says_to_pass_a_local_folder(hub, monkeypatc
         pass   # the port is closed again: nothing listens there any more
     monkeypatch.setenv("PREFIXGPT_HF_ENDPOINT", url)
     with pytest.raises(OSError, match="cannot download .*gpt2/resolve/main/config.json.*pass a local folder") as e:
-        GPT.from_pretrained("gpt2")
+        load_gpt2("gpt2")
     one_line_error(e)
     assert all_files(cache) == []
 
@@ -306,7 +306,7 @@ def test_a_download_cut_off_midway_leaves_nothing_behind(hub, monkeypatch):
     with serve(root, CutOffHandler) as url:
         monkeypatch.setenv("PREFIXGPT_HF_ENDPOINT", url)
         with pytest.raises(OSError, match="cannot download") as e:
-            GPT.from_pretrained("gpt2")
+            load_gpt2("gpt2")
     one_line_error(e)
     assert all_files(cache) == []   # neither a .tmp nor half a config.json
 
@@ -407,12 +407,12 @@ def test_the_scripts_take_a_gpt2_folder_as_their_base(tmp_path):
               "--device=cpu")
     assert "bit-identical" in res.stdout
     prefix = f"--prefix={tmp_path}/p/prefix.pt"
-    res = run("evaluate.py", "--mode=generate", f"--ckpt={folder}", prefix, "--with_base", f"--data={task}",
+    res = run("evaluate.py", "--mode=generate", f"--base={folder}", prefix, "--with_base", f"--data={task}",
               "--max_new_tokens=4")
     assert "prefix.pt  BLEU-4" in res.stdout and "no prefix  BLEU-4" in res.stdout
-    res = run("sample.py", f"--ckpt={folder}", prefix, "--prompt=name[Zizzi] ||", "--max_new_tokens=4")
+    res = run("sample.py", f"--base={folder}", prefix, "--prompt=name[Zizzi] ||", "--max_new_tokens=4")
     assert "--- [prefix.pt] ---" in res.stdout
     torch.manual_seed(1)
     other = tmp_path / "other"
     transformers.GPT2LMHeadModel(config).save_pretrained(other)
-    one_line_run(run("sample.py", f"--ckpt={other}", prefix, check=False), "trained on another base model")
+    one_line_run(run("sample.py", f"--base={other}", prefix, check=False), "trained on another base model")

@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-import cli
-from checkpoint import (NonFiniteWeights, load_checkpoint, load_model, load_prefix, save_checkpoint,
+from prefixgpt import cli
+from prefixgpt.checkpoint import (NonFiniteWeights, load_checkpoint, load_model, load_prefix, save_checkpoint,
                         save_prefix, state_checksum)
 from conftest import ROOT, RunsCode, one_line_error, run
 from data.files import atomic_write, write_atomic
@@ -26,7 +26,7 @@ from evaluate import EvalConfig
 from finetune_prefix import FinetuneConfig
 from model import GPTConfig, sample_next
 from prefix import PrefixTuning
-from runtime import StopOnSignal, pick_device, resolve_dtype
+from prefixgpt.runtime import StopOnSignal, pick_device, resolve_dtype
 from sample import SampleConfig
 from train import TrainConfig
 
@@ -72,12 +72,12 @@ def test_a_bad_setting_is_refused_where_it_is_parsed(classes, flags, message):
 def test_every_numeric_setting_of_every_script_has_a_range():
     """A new setting gets its check by construction: a number without min/max/choices is a defect."""
     free = {"seed"}   # any integer seeds torch
-    from attention_mass import MassConfig
-    from bench import BenchConfig
-    from compare import CompareConfig
+    from experiments.attention_mass import MassConfig
+    from checks.bench import BenchConfig
+    from experiments.compare import CompareConfig
     from demo import DemoConfig
-    from devicecheck import CheckConfig
-    from probe import ProbeConfig
+    from checks.devicecheck import CheckConfig
+    from experiments.probe import ProbeConfig
     for cls in (TrainConfig, GPTConfig, FinetuneConfig, SampleConfig, EvalConfig, BenchConfig, CompareConfig,
                 MassConfig, DemoConfig, ProbeConfig, CheckConfig):
         for f in cls.__dataclass_fields__.values():
@@ -286,7 +286,7 @@ def test_a_script_never_writes_into_another_kind_of_run(runs):
 
 @pytest.mark.slow
 def test_evaluate_never_overwrites_a_checkpoint_or_an_existing_file(runs, tmp_path):
-    common = ["--mode=generate", f"--ckpt={runs['base']}/best.pt", f"--data={runs['task']}", "--max_new_tokens=3"]
+    common = ["--mode=generate", f"--base={runs['base']}/best.pt", f"--data={runs['task']}", "--max_new_tokens=3"]
     for target in (f"{runs['base']}/best.pt", f"{runs['prefix']}/prefix.pt"):
         before = open(target, "rb").read()
         one_line_error(run("evaluate.py", *common, f"--out={target}", "--overwrite", check=False),
@@ -305,7 +305,7 @@ def test_evaluate_never_overwrites_a_checkpoint_or_an_existing_file(runs, tmp_pa
 @pytest.mark.parametrize("script,flag", [("finetune_prefix.py", "--train_file"), ("evaluate.py", "--data")])
 def test_a_directory_where_a_file_is_expected_is_one_line(runs, script, flag, tmp_path):
     args = ([f"--base={runs['base']}/best.pt", f"--val_file={runs['task']}", f"--out_dir={tmp_path}/o"]
-            if script == "finetune_prefix.py" else [f"--ckpt={runs['base']}/best.pt"])
+            if script == "finetune_prefix.py" else [f"--base={runs['base']}/best.pt"])
     one_line_error(run(script, *args, f"{flag}={runs['dir']}", "--device=cpu", check=False), str(runs["dir"]))
 
 
@@ -388,7 +388,7 @@ def test_sample_refuses_nan_and_damaged_checkpoints_in_one_line(runs, tmp_path):
     blob["model"]["lm_head.weight"][0, 0] = float("nan")
     blob["weights_sha256"] = state_checksum(blob["model"])
     torch.save(blob, tmp_path / "nan.pt")
-    one_line_error(run("sample.py", f"--ckpt={tmp_path}/nan.pt", check=False), "NaN or inf")
-    one_line_error(run("sample.py", f"--ckpt={runs['dir']}/task.jsonl", check=False), "is not a checkpoint")
-    one_line_error(run("sample.py", f"--ckpt={runs['base']}/best.pt", "--device=cuda:7", check=False),
+    one_line_error(run("sample.py", f"--base={tmp_path}/nan.pt", check=False), "NaN or inf")
+    one_line_error(run("sample.py", f"--base={runs['dir']}/task.jsonl", check=False), "is not a checkpoint")
+    one_line_error(run("sample.py", f"--base={runs['base']}/best.pt", "--device=cuda:7", check=False),
                    "is not available on this machine")

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from checkpoint import load_delta, save_delta, weights_fingerprint
 from conftest import one_line_error, run
-from methods import WEIGHT_METHODS, LoRALinear, attach, merge_lora
 from model import GPT
-from optim import make_adamw
+from prefixgpt.checkpoint import load_delta, save_delta, weights_fingerprint
+from prefixgpt.methods import WEIGHT_METHODS, LoRALinear, attach, merge_lora
+from prefixgpt.optim import make_adamw
 
 SETTINGS = {"lora_r": 2, "lora_alpha": 4.0, "lora_targets": ("attn.c_attn", "mlp.c_fc"), "adapter_size": 4}
 
@@ -139,10 +139,10 @@ def test_the_family_trains_through_finetune_prefix_and_evaluate_scores_it(method
     assert "bit-identical" in res.stdout
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert summary["best_val_loss"] < summary["val_loss_base"]
-    score = (["--ckpt=" + str(tmp_path / "t" / "model.pt")] if method == "ft-top2" else
-             [f"--ckpt={d}/base/best.pt", f"--delta={tmp_path}/t/delta.pt"])
+    score = (["--base=" + str(tmp_path / "t" / "model.pt")] if method == "ft-top2" else
+             [f"--base={d}/base/best.pt", f"--delta={tmp_path}/t/delta.pt"])
     res = run("evaluate.py", "--mode=loss", *score, f"--data={task}", "--device=cpu")
     assert f"loss {summary['best_val_loss']:.4f}" in res.stdout
     if method == "lora":   # a delta file is not a model: it needs its base
-        res = run("evaluate.py", "--mode=loss", f"--ckpt={tmp_path}/t/delta.pt", f"--data={task}", check=False)
+        res = run("evaluate.py", "--mode=loss", f"--base={tmp_path}/t/delta.pt", f"--data={task}", check=False)
         one_line_error(res, "is not a prefixgpt checkpoint")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from metrics import (accuracy, confusion_matrix, corpus_bleu, format_confusion, group_references, macro_f1,
+from prefixgpt.metrics import (accuracy, confusion_matrix, corpus_bleu, format_confusion, group_references, macro_f1,
                      mean_std, tokenize)
 
 

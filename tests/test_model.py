@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig, attention_mask
+from prefixgpt.decoding import generate
 
 
 def random_prefix(config, P, batch=1, seed=1):
@@ -128,17 +129,17 @@ def test_greedy_generation_with_cache_equals_without(tiny_model, tiny_config, P)
     # 40 new tokens run well past block_size 32, so the sliding window is exercised too
     prefix_kv = random_prefix(tiny_config, P) if P else None
     idx = torch.randint(0, tiny_config.vocab_size, (2, 4))
-    cached = tiny_model.generate(idx, 40, temperature=0, prefix_kv=prefix_kv)
-    uncached = tiny_model.generate(idx, 40, temperature=0, prefix_kv=prefix_kv, use_cache=False)
+    cached = generate(tiny_model, idx, 40, temperature=0, prefix_kv=prefix_kv)
+    uncached = tiny_model.generate(idx, 40, temperature=0, prefix_kv=prefix_kv)
     assert cached.shape == (2, 44)
     assert torch.equal(cached, uncached)
 
 
 def test_uncached_generation_is_argmax_of_forward(tiny_model, tiny_config):
-    """Ties generate(use_cache=False) to forward(), so test 5 compares against the model itself."""
+    """Ties GPT.generate (no cache) to forward(), so test 5 compares against the model itself."""
     prefix_kv = random_prefix(tiny_config, 3)
     idx = torch.randint(0, tiny_config.vocab_size, (1, 5))
-    out = tiny_model.generate(idx, 6, temperature=0, prefix_kv=prefix_kv, use_cache=False)
+    out = tiny_model.generate(idx, 6, temperature=0, prefix_kv=prefix_kv)
     for t in range(5, 11):
         logits, _ = tiny_model(out[:, :t], prefix_kv=prefix_kv)
         assert out[0, t] == logits[0, -1].argmax()
@@ -148,16 +149,16 @@ def test_uncached_generation_is_argmax_of_forward(tiny_model, tiny_config):
 def test_sampling_with_cache_equals_without_for_the_same_seed(tiny_config, tiny_model):
     idx = torch.randint(0, tiny_config.vocab_size, (2, 3))
     torch.manual_seed(7)
-    a = tiny_model.generate(idx, 20, temperature=0.8, top_k=10)
+    a = generate(tiny_model, idx, 20, temperature=0.8, top_k=10)
     torch.manual_seed(7)
-    b = tiny_model.generate(idx, 20, temperature=0.8, top_k=10, use_cache=False)
+    b = tiny_model.generate(idx, 20, temperature=0.8, top_k=10)
     assert torch.equal(a, b)
 
 
 def test_generation_stops_at_stop_token(tiny_config, tiny_model):
     idx = torch.randint(0, tiny_config.vocab_size, (1, 3))
-    first = tiny_model.generate(idx, 1, temperature=0)[0, -1].item()
-    out = tiny_model.generate(idx, 10, temperature=0, stop_token=first)
+    first = generate(tiny_model, idx, 1, temperature=0)[0, -1].item()
+    out = generate(tiny_model, idx, 10, temperature=0, stop_token=first)
     assert out.shape == (1, 4)
 
 

@@ -13,10 +13,10 @@ import torch
 import transformers
 from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
-from gpt2 import read_safetensors, write_safetensors
-from model import GPT
-from peft_io import load_peft, save_peft
 from prefix import PrefixTuning, PromptTuning
+from prefixgpt.gpt2 import load_gpt2
+from prefixgpt.gpt2 import read_safetensors, write_safetensors
+from prefixgpt.peft_io import load_peft, save_peft
 from test_gpt2 import VOCAB, tiny_hf_model
 
 P = 4
@@ -29,7 +29,7 @@ def base(tmp_path_factory):
     """(folder, this project's GPT) for a tiny random GPT-2; hf_base() gives fresh transformers copies."""
     folder = str(tmp_path_factory.mktemp("gpt2_base"))
     tiny_hf_model(seed=5).save_pretrained(folder)
-    return folder, GPT.from_pretrained(folder)
+    return folder, load_gpt2(folder)
 
 
 def hf_base(folder):

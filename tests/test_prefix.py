@@ -4,11 +4,12 @@ import os
 import pytest
 import torch
 
-from model import GPT, GPTConfig
-from optim import make_adamw
-from checkpoint import load_prefix, save_prefix, short_labels, weights_fingerprint
 from conftest import RunsCode
+from model import GPT, GPTConfig
 from prefix import PrefixTuning, PromptTuning, batch_prefixes, build_prefix, count_parameters, freeze
+from prefixgpt.checkpoint import load_prefix, save_prefix, short_labels, weights_fingerprint
+from prefixgpt.decoding import generate
+from prefixgpt.optim import make_adamw
 
 METHODS = ["prefix", "prefix-reparam", "prompt"]
 
@@ -129,9 +130,9 @@ def test_each_row_of_a_mixed_prefix_batch_equals_that_row_alone(tiny_model, tiny
         alone = tiny_model(x[b:b + 1], prefix_kv=kvs[i])[0]
         torch.testing.assert_close(mixed[b:b + 1], alone, atol=1e-5, rtol=0)
     # and generation with the cache grown from the mixed prefix
-    gen = tiny_model.generate(x[:, :3], 8, temperature=0, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+    gen = generate(tiny_model, x[:, :3], 8, temperature=0, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
     for b, i in enumerate(rows):
-        alone = tiny_model.generate(x[b:b + 1, :3], 8, temperature=0, prefix_kv=kvs[i])
+        alone = generate(tiny_model, x[b:b + 1, :3], 8, temperature=0, prefix_kv=kvs[i])
         assert torch.equal(gen[b:b + 1], alone)
 
 

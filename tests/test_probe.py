@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from analysis import layer_features, linear_probe
-from checkpoint import save_checkpoint
 from conftest import one_line_error, run
 from model import GPT, GPTConfig
+from prefixgpt.analysis import layer_features, linear_probe
+from prefixgpt.checkpoint import save_checkpoint
 
 
 def test_layer_features_end_in_the_states_the_model_predicts_from(tiny_model):
@@ -50,7 +50,7 @@ def test_probe_py_prints_every_layer_and_a_task_whose_answer_is_in_the_input_is_
             for i in range(20) for label, ws in words.items() for w in ws[i % 3:i % 3 + 1]]
     write_rows(tmp_path / "train.jsonl", rows)
     write_rows(tmp_path / "test.jsonl", rows[:12])
-    out = run("probe.py", f"--ckpt={base}", f"--data_dir={tmp_path}").stdout
+    out = run("experiments/probe.py", f"--base={base}", f"--data_dir={tmp_path}").stdout
     for name in ("embeddings", "block 1", "block 2", "final LayerNorm"):
         assert name in out
     assert "majority class alone: 50.0%" in out
@@ -61,5 +61,5 @@ def test_probe_py_prints_every_layer_and_a_task_whose_answer_is_in_the_input_is_
 def test_probe_py_refuses_a_task_that_is_not_classification_in_one_line(tmp_path, base):
     write_rows(tmp_path / "train.jsonl", [{"prompt": f"name[{i}] ||", "completion": f" Place {i}."} for i in range(30)])
     write_rows(tmp_path / "test.jsonl", [{"prompt": "name[x] ||", "completion": " Place x."}])
-    res = run("probe.py", f"--ckpt={base}", f"--data_dir={tmp_path}", check=False)
+    res = run("experiments/probe.py", f"--base={base}", f"--data_dir={tmp_path}", check=False)
     one_line_error(res, "30 distinct completions", "classification")

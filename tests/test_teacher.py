@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-import assignments
-from assignments import AssignmentError, all_regions, find_regions, make_copy, student_text
 from conftest import ROOT, one_line_error, run
+from course import assignments
+from course.assignments import AssignmentError, all_regions, find_regions, make_copy, student_text
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"   # spelled apart, so this file holds no marker itself
 
@@ -127,13 +127,13 @@ def test_a_copy_is_refused_in_one_line_and_nothing_is_written(tmp_path):
 
 
 def test_make_assignment_py_refuses_bad_input_in_one_line(tmp_path):
-    one_line_error(run("make_assignment.py", "--tasks", "A2,A11", "--out", str(tmp_path / "x"), check=False),
+    one_line_error(run("course/make_assignment.py", "--tasks", "A2,A11", "--out", str(tmp_path / "x"), check=False),
                    "unknown task A11")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("")
-    one_line_error(run("make_assignment.py", "--tasks", "A2", "--out", str(tmp_path / "full"), check=False),
+    one_line_error(run("course/make_assignment.py", "--tasks", "A2", "--out", str(tmp_path / "full"), check=False),
                    "is not an empty folder")
-    one_line_error(run("make_assignment.py", "--tasks", "A2", check=False),
+    one_line_error(run("course/make_assignment.py", "--tasks", "A2", check=False),
                    "the following arguments are required: --out")
     assert not (tmp_path / "x").exists()
 
@@ -162,12 +162,12 @@ def test_teachers_check_a_copy_for_a2_and_a8_fails_exactly_their_tests(tmp_path)
     fail with their NotImplementedError, and every other task's tests pass (none of them builds on A2 or A8)."""
     selected = ["A2", "A8"]
     copy = tmp_path / "copy"
-    res = run("make_assignment.py", "--tasks", ",".join(selected), "--out", str(copy))
+    res = run("course/make_assignment.py", "--tasks", ",".join(selected), "--out", str(copy))
     assert "A2 (" in res.stdout and "A8 (" in res.stdout
     for name in assignments.SOLUTION_ONLY:
         assert not (copy / name).exists(), name
-    assert (copy / "ASSIGNMENTS.md").exists() and (copy / "tests" / "reference" / "assignments.npz").exists()
-    graded = subprocess.run([sys.executable, "grade.py", "--json", "--tasks", ",".join(assignments.POINTS)],
+    assert (copy / "course" / "ASSIGNMENTS.md").exists() and (copy / "tests" / "reference" / "assignments.npz").exists()
+    graded = subprocess.run([sys.executable, "course/grade.py", "--json", "--tasks", ",".join(assignments.POINTS)],
                             cwd=copy, capture_output=True, text=True, timeout=900)
     assert graded.returncode == 1, graded.stdout + graded.stderr
     report = json.loads(graded.stdout)
@@ -191,7 +191,7 @@ def test_every_graded_test_runs_its_tasks_code_and_only_what_its_task_builds_on(
     is removed; one that ran another task's region would fail in a copy for that task, unless BUILDS_ON
     says its task builds on it. And every region is run by a test of its own task."""
     out = tmp_path / "trace.json"
-    code = "import assignments, json, sys; json.dump(assignments.trace_regions('.'), open(sys.argv[1], 'w'))"
+    code = "from course import assignments; import json, sys; json.dump(assignments.trace_regions('.'), open(sys.argv[1], 'w'))"
     res = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=1800)
     assert res.returncode == 0 and out.exists(), res.stdout[-3000:] + res.stderr[-3000:]

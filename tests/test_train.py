@@ -212,7 +212,7 @@ def test_bad_checkpoints_are_refused_and_left_alone(corpus, tmp_path, kind):
         torch.save({"format": "prefixgpt-checkpoint/1", "model": RunsCode(str(marker))}, out / "last.pt")
     before = (out / "last.pt").read_bytes()
     for script, args in (("train.py", [f"--data_dir={corpus}", f"--out_dir={out}", "--resume"]),
-                         ("sample.py", [f"--ckpt={out}/last.pt"])):
+                         ("sample.py", [f"--base={out}/last.pt"])):
         res = run(script, *args, check=False)
         assert res.returncode == 1, res.stderr
         assert ("corrupt" if kind == "corrupt" else "refusing to load") in res.stderr
@@ -236,9 +236,9 @@ def test_sample_generates_from_a_checkpoint(corpus, tmp_path):
     out = str(tmp_path / "run")
     run("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2",
         "--plot=false", *TINY)
-    res = run("sample.py", f"--ckpt={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
+    res = run("sample.py", f"--base={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
               "--seed=3")
     assert res.stdout.count("--- [no prefix] ---") == 2
-    again = run("sample.py", f"--ckpt={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
+    again = run("sample.py", f"--base={out}/best.pt", "--prompt=Alas", "--num_samples=2", "--max_new_tokens=8",
                 "--seed=3")
     assert res.stdout == again.stdout

@@ -34,12 +34,12 @@ class LayerAttention:
     same queries and token keys with no prefix at all (B, nh, T, T)."""
     with_prefix: torch.Tensor
     without_prefix: torch.Tensor
-    n_slots: int                 # P: the prefix's slots in with_prefix (padded ones included)
+    n_prefix: int                # P: the prefix's slots in with_prefix (padded ones included)
 
     @property
     def prefix_mass(self) -> torch.Tensor:
         """(B, nh, T): the share of each query's attention that goes to the prefix."""
-        return self.with_prefix[..., :self.n_slots].sum(-1)
+        return self.with_prefix[..., :self.n_prefix].sum(-1)
 
 
 @torch.no_grad()
@@ -52,12 +52,11 @@ def attention_maps(model: GPT, idx, prefix_kv=None, prefix_mask=None) -> list[La
     captured = []
 
     def read(module, args, _output):
-        x, layer_prefix, mask = args[0], args[1], args[2]
+        x, prefix_k, mask = args[0], args[1], args[3]                     # forward(x, prefix_k, prefix_v, mask, ...)
         q, k, _ = module.heads(x)                                          # each (B, nh, T, hd)
-        prefix_k = None if layer_prefix is None else layer_prefix[0]
-        n_slots = 0 if prefix_k is None else prefix_k.size(2)
+        n_prefix = 0 if prefix_k is None else prefix_k.size(2)
         captured.append(LayerAttention(attention_weights(q, k, prefix_k, mask), attention_weights(q, k),
-                                       n_slots))
+                                       n_prefix))
 
     hooks = []
     for i, block in enumerate(model.transformer.h):

@@ -23,6 +23,10 @@ import tomllib
 import typing
 
 
+# Old names that still work, each for the one name the scripts use now (nanoGPT's scripts call the base --ckpt).
+ALIASES = {"ckpt": "base"}
+
+
 class UsageError(Exception):
     """A bad command line: main_guard prints it as one line and exits with status 2."""
 
@@ -122,6 +126,8 @@ def _convert(name, value, typ):
 
 
 def _set(fields, name, value, source, seen=None):
+    if name not in fields and ALIASES.get(name) in fields:
+        name = ALIASES[name]
     if name not in fields:
         close = difflib.get_close_matches(name, fields, n=3)
         hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
@@ -140,6 +146,7 @@ def help_text(prog, description, fields):
         rules = next(f.metadata for f in dataclasses.fields(dc) if f.name == name)
         allowed = ", ".join(f"{k} {v}" for k, v in rules.items() if k != "finite")
         lines.append(f"  --{name:<24} {tname:<8} {getattr(dc, name)!r}" + (f"  ({allowed})" if allowed else ""))
+    lines += [f"  --{old} is another name for --{new}" for old, new in ALIASES.items() if new in fields]
     return "\n".join(lines)
 
 
@@ -186,13 +193,6 @@ def parse(argv, *dataclass_instances, prog="script.py", description=""):
         i += 1
     validate(*dataclass_instances)
     return seen
-
-
-def to_dict(*dataclass_instances) -> dict:
-    out = {}
-    for dc in dataclass_instances:
-        out.update(dataclasses.asdict(dc))
-    return out
 
 
 def main_guard(fn):

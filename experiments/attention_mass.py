@@ -1,9 +1,9 @@
 """
 attention_mass.py — how much of each head's attention a prefix takes, drawn as a layer × head heatmap.
 
-    python attention_mass.py --ckpt=out/demo/base/best.pt --prefix=out/demo/e2e_prefix/prefix.pt \\
+    python experiments/attention_mass.py --base=out/demo/base/best.pt --prefix=out/demo/e2e_prefix/prefix.pt \\
         --data=data/e2e/test.jsonl --out=out/demo/e2e_mass.png
-    python attention_mass.py --ckpt=out/demo/base/best.pt --random_prefix=10 --text="name[The Mill] ||" \\
+    python experiments/attention_mass.py --base=out/demo/base/best.pt --random_prefix=10 --text="name[The Mill] ||" \\
         --out=random_mass.png
 
 For every layer and head: the share of attention that goes to the prefix slots, averaged over the query
@@ -12,22 +12,28 @@ positions of each input, then over the inputs (the first --examples prompt + com
 a prefix as tuning starts it (PrefixTuning's random initialisation), the baseline a trained one moves from.
 The numbers are printed as a table and drawn on a fixed 0..1 scale (analysis.plot_mass).
 """
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from analysis import average_prefix_mass, plot_mass
-from checkpoint import load_model, load_prefix, weights_fingerprint
-from cli import main_guard, parse, setting
-from data.tasks import read_jsonl
-from data.tokenizer import get_tokenizer
-from prefix import PrefixTuning
-from runtime import DEVICE_PATTERN, setup_runtime
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.tasks import read_jsonl  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from prefix import PrefixTuning  # noqa: E402
+from prefixgpt.analysis import average_prefix_mass, plot_mass  # noqa: E402
+from prefixgpt.checkpoint import load_model, load_prefix, weights_fingerprint  # noqa: E402
+from prefixgpt.cli import main_guard, parse, setting  # noqa: E402
+from prefixgpt.runtime import DEVICE_PATTERN, setup_runtime  # noqa: E402
 
 
 @dataclass
 class MassConfig:
-    ckpt: str = "out/demo/base/best.pt"      # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
+    base: str = "out/demo/base/best.pt"      # a train.py checkpoint, a GPT-2 name or a Hugging Face folder
     prefix: str = ""                         # a prefix file (prefix or prompt tuning); or --random_prefix
     random_prefix: int = setting(0, min=0)   # slots of a freshly initialised prefix, when there is no --prefix
     text: str = "\n"                         # the input, when there is no --data
@@ -46,9 +52,9 @@ class MassConfig:
 
 def main(argv):
     cfg = MassConfig()
-    parse(argv, cfg, prog="attention_mass.py", description=__doc__.split("\n\n")[0])
+    parse(argv, cfg, prog="experiments/attention_mass.py", description=__doc__.split("\n\n")[0])
     rt = setup_runtime(cfg.device, "float32", cfg.seed)
-    model, ckpt = load_model(cfg.ckpt, rt.device)
+    model, ckpt = load_model(cfg.base, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     if cfg.prefix:
         prefix, _ = load_prefix(cfg.prefix, model, tokenizer.name, weights_fingerprint(model))

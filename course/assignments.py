@@ -42,7 +42,7 @@ BUILDS_ON = {"A1": (), "A2": ("A1",), "A3": ("A1",), "A4": ("A1",), "A5": ("A1",
 TEST_FILES = ("tests/test_assignments.py", "tests/test_model.py", "tests/test_prefix.py", "tests/test_cache.py",
               "tests/test_finetune.py", "tests/test_methods.py", "tests/test_metrics.py")
 # left out of a student copy: what writes the reference outputs, the teacher's own tests, the copier itself
-SOLUTION_ONLY = ("make_assignment.py", "tests/make_references.py", "tests/test_teacher.py")
+SOLUTION_ONLY = ("course/make_assignment.py", "tests/make_references.py", "tests/test_teacher.py")
 ASSIGNMENT_FILE = "assignment.json"   # written into a copy: the tasks it was made for (grade.py's default)
 
 BEGIN = re.compile(r"(?P<indent> *)# BEGIN SOLUTION (?P<id>(?P<task>A\d+)\.\d+): (?P<hint>\S.*)")

@@ -81,8 +81,8 @@ class AdaptedAttention(nn.Module):
         super().__init__()
         self.attn, self.adapter = attn, adapter
 
-    def forward(self, x, prefix_kv, prefix_mask, fast):
-        y, present = self.attn(x, prefix_kv, prefix_mask, fast)
+    def forward(self, x, prefix_k, prefix_v, prefix_mask, fast, cache=None):
+        y, present = self.attn(x, prefix_k, prefix_v, prefix_mask, fast, cache)
         return self.adapter(y), present
 
 

@@ -24,11 +24,11 @@ import os
 
 import torch
 
-from checkpoint import safe_torch_load
 from data.files import read_json, write_json
-from gpt2 import read_safetensors, write_safetensors
 from model import GPT
 from prefix import PrefixTuning, PromptTuning
+from prefixgpt.gpt2 import read_safetensors, write_safetensors
+from prefixgpt.torchio import safe_torch_load
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

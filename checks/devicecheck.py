@@ -4,9 +4,9 @@ kernels, bf16 autocast, the preallocated cache, torch.compile, the scripts with 
 device and are held against the CPU's fp32 reference (the literal softmax path of model.py). One line a
 check: what was compared, the difference, the tolerance, ok or FAIL; exit status 1 if any failed.
 
-    python devicecheck.py --device=cuda                   # on a GPU machine (about two minutes)
-    python devicecheck.py --device=cpu --dtype=bfloat16   # the same checks on the CPU (what CI runs)
-    python devicecheck.py --device=cuda --scripts=false   # the numerical checks only (seconds)
+    python checks/devicecheck.py --device=cuda                   # on a GPU machine (about two minutes)
+    python checks/devicecheck.py --device=cpu --dtype=bfloat16   # the same checks on the CPU (what CI runs)
+    python checks/devicecheck.py --device=cuda --scripts=false   # the numerical checks only (seconds)
 
 The checks, on small models with random weights (see small_model):
   forward   logits and the prefix's gradient in fp32: no prefix, one prefix length, mixed lengths
@@ -37,14 +37,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from checkpoint import load_model
-from cli import main_guard, parse, setting
-from data.bins import load_bin
-from methods import attach, merge_lora
-from model import GPT, GPTConfig, KVCache
-from prefix import PrefixTuning, PromptTuning, batch_prefixes
-from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import decode_rows, full_split_loss
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.bins import load_bin  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from prefix import PrefixTuning, PromptTuning, batch_prefixes  # noqa: E402
+from prefixgpt import decoding  # noqa: E402
+from prefixgpt.checkpoint import load_model  # noqa: E402
+from prefixgpt.cli import main_guard, parse, setting  # noqa: E402
+from prefixgpt.methods import attach, merge_lora  # noqa: E402
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime  # noqa: E402
+from prefixgpt.scoring import decode_rows, full_split_loss  # noqa: E402
 
 
 @dataclass
@@ -173,8 +178,8 @@ def check_autocast(r: Report, base: GPT, rt, x, y, seed: int):
     kv = random_prefix(base.config, 6).to(rt.device)(dev_model)
     with torch.no_grad(), rt.autocast:
         full, _ = dev_model(x[:1].to(rt.device), prefix_kv=kv)                               # (1, T, vocab)
-        cache = KVCache(base.config, 1, 6 + x.size(1), kv)
-        steps = [dev_model.step(x[:1, t:t + 1].to(rt.device), cache)[0] for t in range(x.size(1))]
+        cache = decoding.KVCache(base.config, 1, 6 + x.size(1), kv)
+        steps = [decoding.step(dev_model, x[:1, t:t + 1].to(rt.device), cache) for t in range(x.size(1))]
     stepped = torch.stack(steps, dim=1)                                                       # (1, T, vocab)
     r.check(f"{rt.dtype} autocast, a cache filled token by token vs one pass", relative(stepped, full), 0.02,
             unit="max |diff| / max |ref|")
@@ -225,7 +230,7 @@ def check_kernels(r: Report, base: GPT, rt, x, y, seed: int):
     for name, (kv, mask) in (("one prefix", (one, None)), ("mixed lengths", mixed)):
         try:
             with sdpa_kernel(fused), rt.autocast:
-                model.generate(x[:2, :5].to(rt.device), 20, temperature=0, prefix_kv=kv, prefix_mask=mask)
+                decoding.generate(model, x[:2, :5].to(rt.device), 20, temperature=0, prefix_kv=kv, prefix_mask=mask)
             ok, why = True, ""
         except RuntimeError as e:
             ok, why = False, " ".join(str(e).split())[:150]
@@ -245,7 +250,8 @@ def check_decoding(r: Report, base: GPT, device: str, seed: int):
                                       ("no cache", dev, device, False)):
         kv = prefix.to(where)(model)
         # 120 new tokens: past the 96-slot block, so the window slides and the cache restarts
-        out[name] = model.generate(prompt.to(where), 120, temperature=0, prefix_kv=kv, use_cache=cache).cpu()
+        decode = decoding.generate if cache else type(model).generate                 # with the KV cache, or the plain way
+        out[name] = decode(model, prompt.to(where), 120, temperature=0, prefix_kv=kv).cpu()
     for name in ("cache", "no cache"):
         differ = (out[name] != out["cpu"]).float().mean().item()
         r.check(f"greedy decoding on {device}, {name}, vs the CPU (past block_size)", differ, 0,
@@ -257,9 +263,9 @@ def check_decoding(r: Report, base: GPT, device: str, seed: int):
         kv = [(k, v) for k, v in prefix.to("cpu")(cpu)]
         kv, mask = batch_prefixes([[(k[:, :, :3], v[:, :, :3]) for k, v in kv], kv])
         ref, _ = cpu(seq, prefix_kv=kv, prefix_mask=mask)                            # (2, 80, vocab)
-        cache = KVCache(base.config, 2, 6 + seq.size(1), [(k.to(device), v.to(device)) for k, v in kv],
+        cache = decoding.KVCache(base.config, 2, 6 + seq.size(1), [(k.to(device), v.to(device)) for k, v in kv],
                         mask.to(device))
-        steps = torch.stack([dev.step(seq[:, t:t + 1].to(device), cache)[0].cpu() for t in range(seq.size(1))], 1)
+        steps = torch.stack([decoding.step(dev, seq[:, t:t + 1].to(device), cache).cpu() for t in range(seq.size(1))], 1)
     r.check(f"the cache's logits on {device}, token by token, prefixes of 3 and 6 slots", relative(steps, ref),
             1e-4, unit="max |diff| / max |ref|")
     torch.manual_seed(seed + 1)
@@ -270,7 +276,7 @@ def check_decoding(r: Report, base: GPT, device: str, seed: int):
     differ = np.mean([a != b for ra, rb in zip(together, alone) for a, b in zip(ra, rb)])
     r.check(f"a mixed batch of 4 prefixes on {device} vs each row alone", float(differ), 0,
             unit="share of tokens that differ")
-    beams = [model.beam_search(prompt[:1].to(where), 20, beam_width=4, prefix_kv=prefix.to(where)(model))
+    beams = [decoding.beam_search(model, prompt[:1].to(where), 20, beam_width=4, prefix_kv=prefix.to(where)(model))
              for model, where in ((cpu, "cpu"), (dev, device))]
     r.check(f"beam search (width 4) on {device} vs the CPU", float(beams[0] != beams[1]), 0, unit="differs")
 
@@ -303,7 +309,7 @@ def script(args: list[str], r: Report, name: str, cwd: str) -> str:
 
 
 def check_scripts(r: Report, rt, seed: int):
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = ROOT
     dev = f"--device={rt.device}"
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(seed)
@@ -340,9 +346,9 @@ def check_scripts(r: Report, rt, seed: int):
         script(tune + [f"--out_dir={tmp}/prefix", "--n_prefix=4"], r, f"finetune_prefix.py {dev} (prefix)", root)
         script(tune + [f"--out_dir={tmp}/lora", "--method=lora", "--learning_rate=1e-2"], r,
                f"finetune_prefix.py {dev} --method=lora", root)
-        script(["evaluate.py", "--mode=generate", f"--ckpt={ckpt}", f"--prefix={tmp}/prefix/prefix.pt",
+        script(["evaluate.py", "--mode=generate", f"--base={ckpt}", f"--prefix={tmp}/prefix/prefix.pt",
                 f"--data={tmp}/val.jsonl", "--max_examples=5", "--with_base", dev], r, f"evaluate.py {dev}", root)
-        out = script(["sample.py", f"--ckpt={ckpt}", f"--prefix={tmp}/prefix/prefix.pt", "--with_base",
+        out = script(["sample.py", f"--base={ckpt}", f"--prefix={tmp}/prefix/prefix.pt", "--with_base",
                       "--prompt=name[Zizzi], food[French] ||", "--max_new_tokens=30", "--temperature=0", "--num_samples=1", dev],
                      r, f"sample.py {dev}", root)
         r.note("sample: " + " | ".join(line.strip() for line in out.strip().splitlines()[-4:])[:200])
@@ -350,7 +356,7 @@ def check_scripts(r: Report, rt, seed: int):
 
 def main(argv=None):
     cfg = CheckConfig()
-    parse(argv, cfg, prog="devicecheck.py", description=__doc__.split("\n\n")[0])
+    parse(argv, cfg, prog="checks/devicecheck.py", description=__doc__.split("\n\n")[0])
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     name = torch.cuda.get_device_name(rt.device) if rt.device.startswith("cuda") else rt.device
     print(f"devicecheck: {name}, torch {torch.__version__}, autocast {rt.dtype}", flush=True)

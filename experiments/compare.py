@@ -2,10 +2,10 @@
 compare.py — the PEFT family side by side on one frozen base: methods × seeds × training-set sizes;
 and across bases pretrained for longer.
 
-    python compare.py --quick                    # a small grid (minutes), the table and plots
-    python compare.py                            # the full grid of the README's results section
-    python compare.py --methods=prefix,lora --seeds=0,1,2 --sizes=50,200,0 --steps=150
-    python compare.py --task=sst2 --quick        # SST-2 (python data/sst2/prepare.py makes data/sst2)
+    python experiments/compare.py --quick                    # a small grid (minutes), the table and plots
+    python experiments/compare.py                            # the full grid of the README's results section
+    python experiments/compare.py --methods=prefix,lora --seeds=0,1,2 --sizes=50,200,0 --steps=150
+    python experiments/compare.py --task=sst2 --quick        # SST-2 (python data/sst2/prepare.py makes data/sst2)
 
 Every method trains through the same loop (tuning.tune) for the same steps and batch size; its learning
 rate is picked from a small grid on val (seed 0, all the data), then used for every seed and size.
@@ -27,7 +27,7 @@ is `demo.py --long`'s), as the README's table was run:
 
     python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --eval_interval=6400 \
         --out_dir=out/base_16x
-    python compare.py --bases=out/demo/base/best.pt,out/demo_long/base/best.pt,out/base_16x/best.pt \
+    python experiments/compare.py --bases=out/demo/base/best.pt,out/demo_long/base/best.pt,out/base_16x/best.pt \
         --sizes=0 --p_sweep=10 --steps=100 --init=text --test_prompts=20
 
 Learning rates: each method's is picked on val from LR_GRID (seed 0, all the data): by val loss, or on a
@@ -48,27 +48,33 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from checkpoint import load_model, weights_fingerprint
-from cli import main_guard, one_line, parse, setting
-from data.bins import load_bin
-from data.files import atomic_write, write_atomic
-from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, read_labels, with_heads
-from data.tokenizer import get_tokenizer
-from methods import METHODS, attach
-import metrics
-from metrics import mean_std
-from model import room_after
-from prefix import PREFIX_METHODS, count_parameters
-from runlog import CellLog, fmt_time
-from runtime import DEVICE_PATTERN, setup_runtime
-from scoring import bleu_on_rows, classify, full_split_loss, label_candidates, task_loss
-from tuning import TuneSettings, make_prefix, tune
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.bins import load_bin  # noqa: E402
+from data.files import atomic_write, write_atomic  # noqa: E402
+from data.tasks import demonstrations, fewshot_heads, load_task, read_jsonl, read_labels, with_heads  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from model import room_after  # noqa: E402
+from prefix import PREFIX_METHODS, count_parameters  # noqa: E402
+from prefixgpt import metrics  # noqa: E402
+from prefixgpt.checkpoint import load_model, weights_fingerprint  # noqa: E402
+from prefixgpt.cli import main_guard, one_line, parse, setting  # noqa: E402
+from prefixgpt.methods import METHODS, attach  # noqa: E402
+from prefixgpt.metrics import mean_std  # noqa: E402
+from prefixgpt.optim import make_adamw  # noqa: E402
+from prefixgpt.runlog import CellLog, fmt_time  # noqa: E402
+from prefixgpt.runtime import DEVICE_PATTERN, setup_runtime  # noqa: E402
+from prefixgpt.scoring import bleu_on_rows, classify, full_split_loss, label_candidates, task_loss  # noqa: E402
+from prefixgpt.tuning import TuneConfig, make_prefix, tune  # noqa: E402
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
            "lora": [1e-3, 3e-3, 1e-2], "adapter": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2],
@@ -212,10 +218,17 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
         return fewshot_cell(cfg, b, t0)
     model, n_base, data = copy.deepcopy(b.model), b.model.num_params(non_embedding=False), b.data
     attach(method, model)
-    settings = TuneSettings(method, lr, cfg.steps, cfg.batch_size, seed, n_prefix=n_prefix,
-                            eval_interval=max(cfg.steps // 3, 1), init=cfg.init, init_text=INIT_TEXT[cfg.task])
+    # the grid's recipe: the rate decays to 0 after 10 warmup steps, every method gets all its steps (the
+    # patience outlasts them) and the best val state is kept; the log stays quiet
+    settings = TuneConfig(method=method, learning_rate=lr, max_iters=cfg.steps, batch_size=cfg.batch_size, seed=seed,
+                          n_prefix=n_prefix, eval_interval=max(cfg.steps // 3, 1), init=cfg.init,
+                          init_text=INIT_TEXT[cfg.task], min_lr=0.0, warmup_iters=10, patience=1000, log_interval=1000)
     prefix = make_prefix(settings, model, b.tokenizer, rt.device) if method in PREFIX_METHODS else None
     trainable = prefix if prefix is not None else model
+
+    def loss_fn(x, y):   # as finetune_prefix.py's: a prefix's loss L(LM_θ(x; P), y), or the adapted model's
+        return model(x, y, prefix_kv=None if prefix is None else prefix(model))[1]
+    optimizer = make_adamw(trainable, lr, settings.weight_decay, device_type=rt.device_type)
     best_state = {}
 
     def keep(best):   # in memory: the grid writes nothing but its results
@@ -224,7 +237,7 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
     room = room_after(n_prefix if prefix is not None else 0, model.config.block_size)
     train = [e for e in train if len(e.tokens) <= room]
     with contextlib.redirect_stdout(io.StringIO()):
-        summary = tune(settings, rt, model, prefix, train, data["val"], data["val_base"], keep)
+        summary = tune(settings, rt, model, prefix, loss_fn, optimizer, train, data["val"], data["val_base"], keep)
     trainable.load_state_dict(best_state)
     counts = count_parameters(model, prefix, n_base)
     forgetting = data["corpus_base"] if prefix is not None else full_split_loss(
@@ -325,7 +338,7 @@ def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):
     return rows, sweep
 
 
-def gap_closed(rows, method: str, base_loss: float) -> list[float]:
+def gaps_per_seed(rows, method: str, base_loss: float) -> list[float]:
     """Per seed, the share (%) of the val-loss gap between the base alone and full fine-tuning that method
     closes: (base - method) / (base - ft). A seed whose ft did not beat the base has no gap to close."""
     ft = {r["seed"]: r["val_loss"] for r in rows if r["method"] == "ft"}
@@ -392,7 +405,7 @@ def budget_table(budget, methods, score: tuple[str, str]) -> str:
     tables = [by_base("val loss", methods, column("val_loss")), by_base(score[1], methods, column(score[0]))]
     if "ft" in methods:
         tables.append(by_base("% of the base→FT gap closed", [m for m in methods if m != "ft"],
-                              lambda e, m: mean_std(gap_closed(e["rows"], m, e["val"]), digits=1)))
+                              lambda e, m: mean_std(gaps_per_seed(e["rows"], m, e["val"]), digits=1)))
     return "\n\n".join(["\n".join(lines)] + tables)
 
 
@@ -412,7 +425,7 @@ def plot_bases(budget, methods, out_dir):
     xs = [e["iters"] if known else i + 1 for i, e in enumerate(budget)]
     order = sorted(range(len(budget)), key=lambda i: xs[i])
     for method in [m for m in methods if m not in ("ft", "fewshot")]:
-        ys = [statistics.mean(g) if (g := gap_closed(budget[i]["rows"], method, budget[i]["val"])) else math.nan
+        ys = [statistics.mean(g) if (g := gaps_per_seed(budget[i]["rows"], method, budget[i]["val"])) else math.nan
               for i in order]
         ax.plot([xs[i] for i in order], ys, "o-", label=method)
     ax.axhline(100, color="gray", ls="--", lw=0.8, label="ft")   # ft closes all of its own gap
@@ -456,7 +469,7 @@ def plots(rows, sweep, out_dir, base_val):
 
 def main(argv):
     cfg = CompareConfig()
-    seen = parse(argv, cfg, prog="compare.py", description=__doc__.split("\n\n")[0])
+    seen = parse(argv, cfg, prog="experiments/compare.py", description=__doc__.split("\n\n")[0])
     if cfg.quick:   # a smaller grid, except where a setting was given explicitly
         small = dict(seeds=cfg.seeds[:2], sizes=[50, 0], p_sweep=[1, 10], steps=40, lr_grid=False,
                      val_examples=64, test_prompts=5, test_examples=100)
@@ -480,7 +493,7 @@ def main(argv):
                SCORES[cfg.task])
     everything = [r for r in rows if r["size"] == 0]
     if any(r["method"] == "ft" for r in everything):
-        shares = {m: gap_closed(everything, m, b.data["val_base"]) for m in dict.fromkeys(r["method"] for r in everything)
+        shares = {m: gaps_per_seed(everything, m, b.data["val_base"]) for m in dict.fromkeys(r["method"] for r in everything)
                   if m not in ("ft", "fewshot")}
         md += ("\n\nShare of the val-loss gap between the base alone and ft that each method closes, per seed, "
                "(base - method) / (base - ft), all the data\n\n| method | % of the gap closed |\n|---|---|\n"

@@ -1,9 +1,9 @@
 """
 grade.py — grade the course assignments: run each task's tests (pytest markers a1 … a8) and give points.
 
-    python grade.py                  # the tasks this copy was made for (assignment.json), or all of them
-    python grade.py --tasks A2,A8    # these tasks only
-    python grade.py --json           # one JSON object on stdout, for Gradescope or GitHub Classroom:
+    python course/grade.py                  # the tasks this copy was made for (assignment.json), or all of them
+    python course/grade.py --tasks A2,A8    # these tasks only
+    python course/grade.py --json           # one JSON object on stdout, for Gradescope or GitHub Classroom:
                                      #   {"tasks": {"A1": {"points": x, "max": y, "passed": n, "failed": m,
                                      #    "failures": [{"test": ..., "reason": ...}], ...}}, "total": ..., "max": ...}
 
@@ -16,11 +16,14 @@ import json
 import os
 import sys
 
-from assignments import assigned_tasks, format_report, parse_tasks, run_tests, score
-from cli import main_guard
-from data.checks import Parser
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from course.assignments import assigned_tasks, format_report, parse_tasks, run_tests, score  # noqa: E402
+from data.checks import Parser  # noqa: E402
+from prefixgpt.cli import main_guard  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv) -> int:

@@ -3,7 +3,7 @@ Evaluation metrics in plain Python: corpus BLEU for generation (E2E), accuracy, 
 confusion matrix for classification (SST-2); and how the scripts report them: the share of the base→FT
 gap a method closes, and mean ± std over seeds.
 
-    from metrics import corpus_bleu, group_references
+    from prefixgpt.metrics import corpus_bleu, group_references
     prompts, refs = group_references(prompts, completions)   # E2E: every reference of an MR
     print(corpus_bleu(hypotheses, refs))                      # one hypothesis per unique prompt
 

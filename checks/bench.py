@@ -3,11 +3,11 @@ bench.py — speed, measured in one run on one machine and read as ratios: pretr
 (the default suite), and where prefixes matter (--suite=prefix) against full fine-tuning and
 Hugging Face transformers + PEFT.
 
-    python bench.py                                   # prefixgpt alone, nanoGPT's CPU "baby" config
-    python bench.py --nanogpt_dir=../nanoGPT          # and nanoGPT itself, taking turns with prefixgpt
-    python bench.py --suite=prefix --size=both        # tuning step, decoding, mixed batches, profiles
-    python bench.py --suite=prefix --quick            # the same at tiny settings (seconds; a smoke test)
-    python bench.py --suite=prefix --size=both --device=cuda   # on a GPU, bf16 (about 4 minutes on an H100)
+    python checks/bench.py                                   # prefixgpt alone, nanoGPT's CPU "baby" config
+    python checks/bench.py --nanogpt_dir=../nanoGPT          # and nanoGPT itself, taking turns with prefixgpt
+    python checks/bench.py --suite=prefix --size=both        # tuning step, decoding, mixed batches, profiles
+    python checks/bench.py --suite=prefix --quick            # the same at tiny settings (seconds; a smoke test)
+    python checks/bench.py --suite=prefix --size=both --device=cuda   # on a GPU, bf16 (about 4 minutes on an H100)
 
 --suite=prefix is described at prefix_suite below. The rest of this note is about pretraining.
 
@@ -39,14 +39,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from checkpoint import load_model, safe_torch_load
-from cli import main_guard, parse, setting
-from gpt2 import gpt2_state_dict
-from model import GPT, GPTConfig, KVCache
-from optim import make_adamw
-from prefix import PrefixTuning, freeze
-from runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from scoring import full_split_loss, decode_rows
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from model import GPT, GPTConfig  # noqa: E402
+from prefix import PrefixTuning, freeze  # noqa: E402
+from prefixgpt import decoding  # noqa: E402
+from prefixgpt.checkpoint import load_model
+from prefixgpt.cli import main_guard, parse, setting  # noqa: E402
+from prefixgpt.gpt2 import gpt2_state_dict  # noqa: E402
+from prefixgpt.optim import make_adamw  # noqa: E402
+from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime  # noqa: E402
+from prefixgpt.scoring import full_split_loss, decode_rows  # noqa: E402
+from prefixgpt.torchio import safe_torch_load  # noqa: E402
 
 # nanoGPT's README command for a CPU ("baby" model), flag for flag; --max_iters and --lr_decay_iters
 # (2000 there) are added from --max_iters
@@ -218,7 +224,7 @@ def sync(device: str):
 
 def main(argv):
     cfg = BenchConfig()
-    parse(argv, cfg, prog="bench.py", description=__doc__.split("\n\n")[0])
+    parse(argv, cfg, prog="checks/bench.py", description=__doc__.split("\n\n")[0])
     if cfg.suite == "prefix":
         return prefix_suite(cfg)
     return pretrain_suite(cfg)
@@ -274,7 +280,7 @@ def pretrain_suite(cfg: BenchConfig) -> dict:
 #   5. (CUDA, gpt2 only) the largest batch of 1014-token sequences whose tuning step fits in the card's
 #      memory: prefix tuning against full fine-tuning.
 # With --device=cuda the tuning batches are larger (GPU_WORKLOADS: the CPU's would time kernel launches),
-# and bf16 autocast is used where the card has it. `python devicecheck.py --device=cuda` checks that
+# and bf16 autocast is used where the card has it. `python checks/devicecheck.py --device=cuda` checks that
 # the same paths compute there what they compute on the CPU.
 # transformers and peft are needed for their columns only; without them those are skipped.
 
@@ -439,8 +445,8 @@ def decoding_fns(model, hf, transformers, w: Workload, device: str) -> tuple[dic
     n_new = w.block - N_PREFIX - PROMPT
     contexts = [PROMPT + int((j + 0.5) * n_new / w.uncached_points) for j in range(w.uncached_points)]
     long = torch.randint(0, model.config.vocab_size, (1, w.block), generator=g).to(device)
-    fns = {"with the cache": lambda: model.generate(prompt, n_new, temperature=0, prefix_kv=kv),
-           "without the cache": lambda: [model.generate(long[:, :c], 1, temperature=0, prefix_kv=kv, use_cache=False)
+    fns = {"with the cache": lambda: decoding.generate(model, prompt, n_new, temperature=0, prefix_kv=kv),
+           "without the cache": lambda: [model.generate(long[:, :c], 1, temperature=0, prefix_kv=kv)
                                          for c in contexts]}
     tokens = {"with the cache": n_new, "without the cache": len(contexts)}
     if hf is not None:
@@ -620,11 +626,11 @@ def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
     print("\n4. where the time goes: one prefix-tuning step")
     print(top_ops(steps["prefix tuning"][0], rt.device))
     kv = random_prefix_kv(c, N_PREFIX, rt.device, seed=2)
-    cache = KVCache(c, 1, N_PREFIX + PROMPT + 1, kv)
+    cache = decoding.KVCache(c, 1, N_PREFIX + PROMPT + 1, kv)
     with torch.inference_mode(), rt.autocast:
-        model.step(torch.zeros(1, PROMPT, dtype=torch.long, device=rt.device), cache)
+        decoding.step(model, torch.zeros(1, PROMPT, dtype=torch.long, device=rt.device), cache)
         print(f"one decoding step, batch 1, with the cache after {N_PREFIX + PROMPT} slots")
-        print(top_ops(lambda: model.step(torch.zeros(1, 1, dtype=torch.long, device=rt.device), cache), rt.device))
+        print(top_ops(lambda: decoding.step(model, torch.zeros(1, 1, dtype=torch.long, device=rt.device), cache), rt.device))
     if c.vocab_size % 64:
         head = head_cost(model, w, rt, rounds)
         print(f"the output head alone (logits and their input gradient, {w.tune_batch * w.tune_T} positions): "

@@ -1,16 +1,16 @@
 """
 tuning.py — one tuning loop for every method of the family: prefix and prompt tuning, LoRA, adapters,
-BitFit, FT-top2 and full fine-tuning. The method decides what trains (methods.attach, prefix.build_prefix);
-everything else is shared here:
+BitFit, FT-top2 and full fine-tuning. The caller decides what trains and what the loss is (finetune_prefix.py
+shows both); the loop is shared here:
 
-    train, val = load_examples(cfg, tokenizer, block_size)
-    best = tune(cfg, rt, model, prefix, train, val, base_loss, save_best)   # AdamW on what requires grad
+    train, val = load_examples(cfg, tokenizer, block_size, P)
+    best = tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss, save_best)
     check_frozen_unchanged(originals, base_path)                          # every frozen tensor, bit for bit
 
-`cfg` is finetune_prefix.FinetuneConfig or anything with the same fields (TuneSettings, compare.py's).
-The loop: cosine schedule, gradient clipping, an evaluation every eval_interval steps, the best state
-saved by the caller's save_best, early stopping, NaN checked at log steps, Ctrl-C stops after a step.
-It knows nothing about file formats (save_best writes) or command lines.
+`cfg` is a TuneConfig (finetune_prefix.FinetuneConfig extends it with files and devices; compare.py builds
+one per cell). The loop: cosine schedule, gradient clipping, an evaluation every eval_interval steps, the
+best state saved by the caller's save_best, early stopping, NaN checked at log steps, Ctrl-C stops after a
+step. It knows nothing about file formats (save_best writes) or command lines.
 """
 import math
 import time
@@ -18,36 +18,42 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import load_model
 from data.tasks import batches, collate, load_task
 from model import room_after
-from optim import cosine_lr, make_adamw, set_lr
 from prefix import PromptTuning, build_prefix, init_text_tokens
-from runlog import MetricsLog, fmt_time
-from runtime import StopOnSignal
-from scoring import task_loss
+from prefixgpt.checkpoint import load_model
+from prefixgpt.cli import setting
+from prefixgpt.methods import LORA_TARGETS, METHODS
+from prefixgpt.optim import cosine_lr, set_lr
+from prefixgpt.runlog import MetricsLog, fmt_time
+from prefixgpt.runtime import StopOnSignal
+from prefixgpt.scoring import task_loss
 
 
 @dataclass
-class TuneSettings:
-    """The settings tune reads (finetune_prefix.FinetuneConfig has the same names), for a caller without a
-    config file (compare.py). patience 1000: every method gets all its steps; the best val state is kept."""
-    method: str
-    learning_rate: float
-    max_iters: int
-    batch_size: int
-    seed: int
-    n_prefix: int = 10
-    reparam_hidden: int = 512
-    init: str = "random"
-    init_text: str = ""
-    min_lr: float = 0.0
-    warmup_iters: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    patience: int = 1000
-    log_interval: int = 1000
+class TuneConfig:
+    """What a method trains and how: the settings make_prefix, attach's caller and tune read, with their one
+    set of defaults and allowed values (prefixgpt/cli.py checks them where a command line is parsed)."""
+    method: str = setting("prefix", choices=METHODS)   # prefix methods, or the family to compare with
+    n_prefix: int = setting(10, min=1)          # P, the number of virtual tokens
+    reparam_hidden: int = setting(512, min=1)   # MLP width for prefix-reparam
+    lora_r: int = setting(4, min=1)             # LoRA: rank r of B·A
+    lora_alpha: float = setting(8.0, gt=0.0)    # LoRA: the update is scaled by alpha / r
+    lora_targets: list[str] = setting(["attn.c_attn"], choices=LORA_TARGETS)   # which Linear layers get LoRA
+    adapter_size: int = setting(16, min=1)      # adapters: the bottleneck width
+    init: str = setting("random", choices=("random", "text"))  # text: the frozen model's own K/V for init_text
+    init_text: str = "name eatType food area near"
+    batch_size: int = setting(16, min=1)
+    max_iters: int = setting(400, min=0)         # 0: save the initial prefix only
+    learning_rate: float = setting(1e-2, gt=0.0)
+    min_lr: float = setting(1e-3, min=0.0)
+    warmup_iters: int = setting(20, min=0)
+    weight_decay: float = setting(0.0, min=0.0)
+    grad_clip: float = setting(1.0, min=0.0)    # 0 disables clipping
+    eval_interval: int = setting(50, min=1)
+    patience: int = setting(4, min=1)           # stop after this many evaluations without a better val loss
+    log_interval: int = setting(10, min=1)
+    seed: int = 1337
 
 
 def load_examples(cfg, tokenizer, block_size: int, n_prefix: int = 0):
@@ -88,13 +94,13 @@ def check_frozen_unchanged(originals: dict, path: str) -> int:
     return len(frozen)
 
 
-def tune(cfg, rt, model, prefix, train, val, base_loss: float, save_best, log_dir: str | None = None) -> dict:
-    """AdamW on what requires grad (the prefix module, or the model's unfrozen tensors), an evaluation every
-    eval_interval steps, save_best(best) at each better val loss, early stopping. Returns the summary."""
+def tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss: float, save_best,
+         log_dir: str | None = None) -> dict:
+    """Minimise loss_fn(x, y) with optimizer over train, an evaluation on val every eval_interval steps
+    (the prefix's loss, or the model's if prefix is None), save_best(best) at each better val loss, early
+    stopping. Returns the summary."""
     log = MetricsLog(log_dir, append=False) if log_dir else None
-    trainable = prefix if prefix is not None else model
-    optimizer = make_adamw(trainable, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
-    params = [p for p in trainable.parameters() if p.requires_grad]
+    params = [p for p in (prefix if prefix is not None else model).parameters() if p.requires_grad]   # to clip
     stream = batches(train, min(cfg.batch_size, len(train)), seed=cfg.seed)
 
     def evaluate(it, known=None):
@@ -117,7 +123,7 @@ def tune(cfg, rt, model, prefix, train, val, base_loss: float, save_best, log_di
             set_lr(optimizer, lr := cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters))
             x, y = collate(next(stream), rt.device)
             with rt.autocast:
-                _, loss = model(x, y, prefix_kv=None if prefix is None else prefix(model))
+                loss = loss_fn(x, y)
             bad_loss |= ~torch.isfinite(loss.detach())   # checked at log steps: no GPU sync every step
             optimizer.zero_grad(set_to_none=True)
             rt.scaler.scale(loss).backward()

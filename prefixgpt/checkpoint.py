@@ -14,16 +14,15 @@ This module knows the formats; it knows nothing about training loops or command 
 """
 import hashlib
 import os
-import pickle
-import re
 import zipfile
 
 import torch
 
-from data.files import atomic_write
 from model import GPT, GPTConfig
-from methods import attach, delta_state
 from prefix import PREFIX_METHODS, build_prefix, method_of
+from prefixgpt.gpt2 import is_gpt2_name, load_gpt2
+from prefixgpt.methods import attach, delta_state
+from prefixgpt.torchio import safe_torch_load, save_torch
 
 CHECKPOINT_FORMAT = "prefixgpt-checkpoint/1"
 PREFIX_FORMAT = "prefixgpt-prefix/1"
@@ -35,37 +34,6 @@ PREFIX_KEYS = ("method", "n_prefix", "model", "tokenizer", "state")
 
 class NonFiniteWeights(ValueError):
     """Weights with NaN or inf: never saved, never loaded."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading and writing torch files safely.
-
-def save_torch(obj, path: str):
-    """torch.save through the project's one atomic write: the old file survives any failure."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def safe_torch_load(path: str, what: str = "file"):
-    """torch.load that never runs pickled code, with one-line errors that say what is wrong."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{what} {path} is a directory: give the path of the file itself")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    if not zipfile.is_zipfile(path):   # torch.save has written zip archives since PyTorch 1.6
-        with open(path, "rb") as f:
-            damaged_zip = f.read(4) == b"PK\x03\x04"
-        raise ValueError(f"cannot read {what} {path}: it is a corrupt zip archive (truncated?)" if damaged_zip
-                         else f"{path} is not a {what}: it is not a file written by torch.save")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        thing = f" ({found.group(1)})" if found else ""
-        raise ValueError(f"refusing to load {path}: besides tensors and plain data it holds pickled Python "
-                         f"objects{thing}, and loading those could run code") from None
-    except Exception as e:  # a zip whose members are truncated or overwritten
-        raise ValueError(f"cannot read {what} {path}: it is damaged (truncated or corrupted; "
-                         f"{type(e).__name__})") from None
 
 
 def state_checksum(state: dict) -> str:
@@ -174,8 +142,6 @@ def load_model(path: str, device="cpu"):
     """A base model, from a checkpoint written by train.py or from GPT-2's weights (a name such as
     gpt2-medium, or a Hugging Face folder). Returns (model in eval mode, checkpoint dict); for GPT-2 the
     dict holds what a checkpoint would: its model_config and the gpt2 tokenizer."""
-    # imported here, not at the top: gpt2.py reads .bin files with this module's safe_torch_load
-    from gpt2 import is_gpt2_name, load_gpt2
     if is_gpt2_name(path) or os.path.isfile(os.path.join(path, "config.json")):
         model = load_gpt2(path)
         return model.to(device).eval(), {"model_config": vars(model.config).copy(), "tokenizer": "gpt2",
@@ -220,7 +186,7 @@ def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_finger
     when given). Returns (prefix module, the saved dict's metadata)."""
     blob = safe_torch_load(path, "prefix file")
     if not isinstance(blob, dict) or blob.get("format") != PREFIX_FORMAT:
-        hint = " (that is a model checkpoint: pass it as --ckpt or --base)" if (
+        hint = " (that is a model checkpoint: pass it as --base)" if (
             isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT) else ""
         raise ValueError(f"{path} is not a prefixgpt prefix file (format {PREFIX_FORMAT}){hint}")
     _need(blob, PREFIX_KEYS, path, "prefix file")

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from data.files import write_atomic
 from data.tasks import TaskExample, collate, read_jsonl
-from metrics import accuracy, confusion_matrix, corpus_bleu, macro_f1
 from model import prefix_length, room_after
 from prefix import batch_prefixes
+from prefixgpt.decoding import beam_search, generate, prompt_as_prefix
+from prefixgpt.metrics import accuracy, confusion_matrix, corpus_bleu, macro_f1
 
 
 @contextlib.contextmanager
@@ -97,9 +98,9 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
     device = next(model.parameters()).device
     with eval_mode(model):
         kvs = [None if p is None else p(model) for p in prefixes]
-    n_slots = [prefix_length(kv) for kv in kvs]
+    prefix_lengths = [prefix_length(kv) for kv in kvs]
     encoded = [tokenizer.encode(p) for p in prompts]
-    for P in set(n_slots):
+    for P in set(prefix_lengths):
         for prompt, ids in zip(prompts, encoded):
             if not ids or len(ids) >= room_after(P, model.config.block_size):
                 raise ValueError(f"prompt of {len(ids)} tokens plus prefix of {P} does not fit block_size "
@@ -110,11 +111,11 @@ def complete(model, tokenizer, prefixes: list, prompts: list[str], max_new_token
     with eval_mode(model):
         if beam > 1:
             for i, j in pairs:
-                room = min(max_new_tokens, room_after(n_slots[i], model.config.block_size) - len(encoded[j]))
-                new[i, j] = model.beam_search(torch.tensor([encoded[j]], device=device), room, beam_width=beam,
-                                              prefix_kv=kvs[i], stop_token=stop)
+                room = min(max_new_tokens, room_after(prefix_lengths[i], model.config.block_size) - len(encoded[j]))
+                new[i, j] = beam_search(model, torch.tensor([encoded[j]], device=device), room, beam_width=beam,
+                                        prefix_kv=kvs[i], stop_token=stop)
         else:
-            pairs.sort(key=lambda ij: n_slots[ij[0]] + len(encoded[ij[1]]))   # similar lengths pad least
+            pairs.sort(key=lambda ij: prefix_lengths[ij[0]] + len(encoded[ij[1]]))   # similar lengths pad least
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start:start + batch_size]
                 rows = decode_rows(model, [(kvs[i], encoded[j]) for i, j in chunk], max_new_tokens, stop)
@@ -137,22 +138,17 @@ def decode_rows(model, rows: list[tuple], max_new_tokens: int, stop: int | None,
     """Decode rows (prefix_kv or None, prompt token ids) in one batch, greedy by default, with nothing
     new in the model: a prompt's cache is a prefix like a learned one, so [prefix; prompt] caches of
     different lengths batch exactly as prefixes of different lengths do. Each row's prompt but its last
-    token is encoded on top of its prefix (key_values, extend), batch_prefixes pads and masks these, and
+    token is encoded on top of its prefix (prompt_as_prefix), batch_prefixes pads and masks these, and
     generate decodes from the last tokens. Every row gets as many new tokens as the longest one
     leaves room for (at most max_new_tokens). Returns each row's new tokens."""
     device = next(model.parameters()).device
-    joined = []   # per row: [prefix; prompt but its last token] as one prefix_kv
-    for prefix_kv, ids in rows:
-        if len(ids) == 1:
-            joined.append(prefix_kv)
-        else:
-            x = torch.tensor([ids[:-1]], device=device)
-            joined.append(model.extend(prefix_kv, model.key_values(x, prefix_kv=prefix_kv), 1))
+    # per row: [prefix; prompt but its last token] as one prefix_kv
+    joined = [prefix_kv if len(ids) == 1 else prompt_as_prefix(model, prefix_kv, ids[:-1]) for prefix_kv, ids in rows]
     prefix_kv, prefix_mask = (None, None) if all(p is None for p in joined) else batch_prefixes(joined)
     room = min(max_new_tokens, room_after(prefix_length(prefix_kv, prefix_mask), model.config.block_size) - 1)
     last = torch.tensor([[ids[-1]] for _, ids in rows], device=device)                # (B, 1)
-    out = model.generate(last, room, temperature=temperature, top_k=top_k, prefix_kv=prefix_kv,
-                         prefix_mask=prefix_mask, stop_token=stop)
+    out = generate(model, last, room, temperature=temperature, top_k=top_k, prefix_kv=prefix_kv,
+                   prefix_mask=prefix_mask, stop_token=stop)
     return out[:, 1:].tolist()
 
 

@@ -1,7 +1,7 @@
 """
 probe.py — what a frozen base already knows about a classification task: a linear probe on each layer.
 
-    python probe.py --ckpt=out/demo_long/base/best.pt --data_dir=data/sst2      # SST-2 sentiment
+    python experiments/probe.py --base=out/demo_long/base/best.pt --data_dir=data/sst2      # SST-2 sentiment
 
 A prefix, a prompt, LoRA or an adapter leaves the base's weights as they are: they can only steer what the
 base computes. This script asks how much of the answer that computation already holds: for the prompts
@@ -11,22 +11,28 @@ the last position (where the label is predicted) and its mean over the prompt's 
 test accuracy, beside the majority class's. The classes are the distinct completions (" positive",
 " negative"). Nothing is saved; the base is not changed.
 """
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from analysis import layer_features, linear_probe
-from checkpoint import load_model
-from cli import main_guard, parse, setting
-from data.tasks import read_jsonl
-from data.tokenizer import get_tokenizer
-from runtime import DEVICE_PATTERN, setup_runtime
+# run as a script, Python puts this folder on sys.path, not the repo root that holds model.py and prefixgpt/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from data.tasks import read_jsonl  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+from prefixgpt.analysis import layer_features, linear_probe  # noqa: E402
+from prefixgpt.checkpoint import load_model  # noqa: E402
+from prefixgpt.cli import main_guard, parse, setting  # noqa: E402
+from prefixgpt.runtime import DEVICE_PATTERN, setup_runtime  # noqa: E402
 
 
 @dataclass
 class ProbeConfig:
-    ckpt: str = "out/demo/base/best.pt"      # the frozen base: a train.py checkpoint, a GPT-2 name or folder
+    base: str = "out/demo/base/best.pt"      # the frozen base: a train.py checkpoint, a GPT-2 name or folder
     data_dir: str = "data/sst2"              # train.jsonl and test.jsonl: prompt → one of a few completions
     train_examples: int = setting(8000, min=2)
     max_classes: int = setting(20, min=2)    # more distinct completions than this: not a classification task
@@ -42,7 +48,7 @@ def features(model, tokenizer, rows, device) -> torch.Tensor:
 
 def main(argv):
     cfg = ProbeConfig()
-    parse(argv, cfg, prog="probe.py", description=__doc__.split("\n\n")[0])
+    parse(argv, cfg, prog="experiments/probe.py", description=__doc__.split("\n\n")[0])
     rt = setup_runtime(cfg.device, "float32", 0)
     train = read_jsonl(f"{cfg.data_dir}/train.jsonl")[:cfg.train_examples]
     test = read_jsonl(f"{cfg.data_dir}/test.jsonl")
@@ -53,12 +59,12 @@ def main(argv):
     unknown = {r["completion"] for r in test} - set(classes)
     if unknown:
         raise ValueError(f"{cfg.data_dir}/test.jsonl has answers that train.jsonl never gives: {sorted(unknown)[:3]}")
-    model, ckpt = load_model(cfg.ckpt, rt.device)
+    model, ckpt = load_model(cfg.base, rt.device)
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     y_train, y_test = (torch.tensor([classes.index(r["completion"]) for r in rows]) for rows in (train, test))
     x_train, x_test = features(model, tokenizer, train, rt.device), features(model, tokenizer, test, rt.device)
     majority = Counter(y_test.tolist()).most_common(1)[0][1] / len(test)
-    print(f"{cfg.ckpt}: linear probes on {len(train)} train prompts, test accuracy on {len(test)} "
+    print(f"{cfg.base}: linear probes on {len(train)} train prompts, test accuracy on {len(test)} "
           f"(classes {classes}; the majority class alone: {100 * majority:.1f}%)")
     print(f"{'layer':22} {'last position':>14} {'mean over positions':>20}")
     names = ["embeddings"] + [f"block {i + 1}" for i in range(model.config.n_layer)] + ["final LayerNorm"]

@@ -1,8 +1,8 @@
 """
 gpt2.py — OpenAI's GPT-2 weights in this project's GPT: read Hugging Face's files, fetch them once.
 
-    model = GPT.from_pretrained("gpt2")            # or gpt2-medium, gpt2-large, gpt2-xl: downloaded once
-    model = GPT.from_pretrained("path/to/folder")  # config.json + model.safetensors (or pytorch_model.bin)
+    model = load_gpt2("gpt2")            # or gpt2-medium, gpt2-large, gpt2-xl: downloaded once
+    model = load_gpt2("path/to/folder")  # config.json + model.safetensors (or pytorch_model.bin)
 
 What it takes to run GPT-2's weights here, and nothing else:
   * a safetensors reader and writer, short enough to read (the format is 8 bytes of header length,
@@ -27,9 +27,9 @@ import urllib.request
 
 import torch
 
-from checkpoint import safe_torch_load
 from data.files import atomic_write, read_json
 from model import GPT, GPTConfig
+from prefixgpt.torchio import safe_torch_load
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HF_ENDPOINT = "https://huggingface.co"            # PREFIXGPT_HF_ENDPOINT overrides it (tests use 127.0.0.1)
