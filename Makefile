@@ -41,10 +41,10 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 test: setup-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-fast: setup-dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 demo: setup
 	$(PY) demo.py --out_dir=$(OUT)

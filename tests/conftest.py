@@ -3,7 +3,10 @@
 Sizes come from the tiny_config fixture; tests that need another size say so where they build it.
 Tests marked `slow` train or run scripts end to end; `pytest -m "not slow"` skips them (under 30 s).
 """
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 
@@ -14,14 +17,49 @@ from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core (pytest-xdist): each worker, and each process it starts,
+    # then computes on one thread, instead of every one of them spreading over both cores and the
+    # threads waiting on each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
-def run(script, *args, check=True, env=None, timeout=300):
-    """Run a project script from the repo root with this Python; returns the CompletedProcess."""
-    res = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, env=env)
+
+def run(script, *args, check=True, env=None, timeout=300, fresh=False):
+    """Run a project script from the repo root as `python script args...` would; returns a CompletedProcess
+    (returncode, stdout, stderr).
+
+    In this process by default: the script's file runs as __main__ with sys.argv set, its output captured,
+    its SystemExit turned into the return code. That is what a subprocess shows too (main_guard's one-line
+    errors and exit codes), without paying Python's and torch's start-up for every call. fresh=True, or an
+    env, runs a real subprocess: for what only a new process shows (signals, the environment, imports)."""
+    if fresh or env is not None:
+        res = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=timeout, env=env)
+    else:
+        res = run_here(script, list(args))
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
+
+
+def run_here(script, args):
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, cwd, path = sys.argv, os.getcwd(), list(sys.path)
+    try:
+        os.chdir(ROOT)
+        sys.argv = [script, *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        os.chdir(cwd)
+    return subprocess.CompletedProcess([sys.executable, script, *args], code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(res, *needles):

@@ -83,6 +83,7 @@ def sst2_setup(tmp_path, tiny_config):
             "--steps=3", "--batch_size=4", "--lr_grid=false", "--corpus_tokens=1000", "--device=cpu"]
 
 
+@pytest.mark.slow
 def test_sst2_cells_score_accuracy_and_macro_f1_and_the_table_shows_them(sst2_setup, tmp_path):
     compare.main(sst2_setup + [f"--out_dir={tmp_path}/cmp", "--methods=prefix,lora,fewshot"])
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
@@ -126,6 +127,7 @@ def test_a_classification_task_needs_its_labels_and_a_generation_task_refuses_th
         compare.task_labels("sst2", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_runs_its_own(sst2_setup, tmp_path,
                                                                                              tiny_config):
     out = f"--out_dir={tmp_path}/cmp"
@@ -140,6 +142,7 @@ def test_cells_are_keyed_by_task_and_base_so_a_second_base_in_the_same_out_dir_r
     assert sum(1 for _ in open(tmp_path / "cmp" / "results.jsonl")) == 2
 
 
+@pytest.mark.slow
 def test_two_bases_give_the_base_budget_tables_a_line_each_and_a_column_each(sst2_setup, tmp_path, tiny_config):
     bases = [sst2_setup[0].split("=", 1)[1], tiny_base(tmp_path, tiny_config, "longer", seed=1, iters=40)]
     # --sizes=0 and --p_sweep=n_prefix: the main grid's cells are the first base's, run once
@@ -180,6 +183,7 @@ def test_a_missing_bases_entry_is_one_line_before_any_cell_runs(sst2_setup, tmp_
     assert "so far" not in out and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.slow
 def test_init_text_starts_prefixes_from_words_and_keeps_its_own_cells(sst2_setup, tmp_path, monkeypatch):
     """--init=text: a prefix starts as the base's own keys/values of INIT_TEXT's words (the cell passes the
     words to tuning.make_prefix), and its cells are keyed apart from random-init ones."""
@@ -196,6 +200,7 @@ def test_init_text_starts_prefixes_from_words_and_keeps_its_own_cells(sst2_setup
     assert len(seen) == 2
 
 
+@pytest.mark.slow
 def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst2_setup, tmp_path):
     """The key holds how many val and test examples scored the row: a rerun with another count must not
     print the old row as if it had been scored on the new one."""
@@ -207,6 +212,7 @@ def test_a_cell_scored_on_other_val_or_test_examples_is_run_again_not_reused(sst
     assert "|val=3+label_loss|" in rows[1]["cell"] and "|test=4|" in rows[2]["cell"]
 
 
+@pytest.mark.slow
 def test_the_cells_key_holds_the_room_the_sweeps_longest_prefix_leaves(sst2_setup, tmp_path):
     """Every example must fit beside the grid's longest prefix, so --p_sweep decides which val examples
     (and how much of each) score every cell: E2E's 200 val completions gave the base alone 2.153 with a

@@ -13,6 +13,7 @@ def checks(out: str) -> dict:
     return {line[6:].split(" | ")[0].strip(): line[:4].strip() for line in rows}
 
 
+@pytest.mark.slow
 def test_every_numerical_check_runs_and_passes_on_the_cpu(capsys):
     assert devicecheck.main(["--device=cpu", "--dtype=bfloat16", "--scripts=false"]) == 0
     found = checks(capsys.readouterr().out)
@@ -29,6 +30,7 @@ def test_every_numerical_check_runs_and_passes_on_the_cpu(capsys):
         assert name in found, name
 
 
+@pytest.mark.slow
 def test_a_fast_path_that_drops_the_prefix_mask_fails_its_check(capsys, monkeypatch):
     real = model.prefix_attention_fast
     monkeypatch.setattr(model, "prefix_attention_fast",
@@ -39,6 +41,7 @@ def test_a_fast_path_that_drops_the_prefix_mask_fails_its_check(capsys, monkeypa
     assert found["forward fp32, prefix, one length (P=6): logits"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_cache_that_loses_the_newest_value_fails_the_decoding_checks(capsys, monkeypatch):
     real = decoding.KVCache.append
 
@@ -67,6 +70,7 @@ def test_the_scripts_run_on_the_device_and_their_checkpoint_scores_the_same(caps
         assert found.get(name) == "ok", name
 
 
+@pytest.mark.slow
 def test_an_error_inside_a_section_is_one_failed_check_and_the_rest_still_run(capsys, monkeypatch):
     def boom(*args):
         raise RuntimeError("no kernel for this\ninput")

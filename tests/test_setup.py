@@ -3,6 +3,8 @@ compiles what the scripts import instead still runs (a module renamed in a later
 otherwise stop `make demo` at its set-up)."""
 import os
 import re
+
+import pytest
 import subprocess
 import sys
 
@@ -23,6 +25,7 @@ def test_requirements_install_skips_pips_bytecode_and_then_warms_the_imports():
     assert steps[pip + 1] == "env -u PYTHONDONTWRITEBYTECODE $(PY) -c '$(WARM)'"   # right after the install
 
 
+@pytest.mark.slow
 def test_the_warm_imports_run():
     warm = re.search(r"^WARM := (.*)$", makefile(), re.M).group(1)
     res = subprocess.run([sys.executable, "-c", warm], capture_output=True, text=True, timeout=300,
