@@ -20,10 +20,12 @@ three tasks, a small prefix for each, and full fine-tuning of the same base besi
   6. all three prefixes (and the base alone) serve one mixed batch, each row its own task (sample.py)
 
 Every step is one of the project's own commands, printed before it runs, so each can be rerun alone.
-The demo's folders (data/e2e, data/sst2, data/demo, out/demo by default) are its own and are rebuilt.
-`--long` trains longer for better numbers (the README's second table); `--quick` checks the pipeline.
-`--sst2` is the in-domain SST-2 run: --long's base, sentiment alone, 3200 tuning steps, seeds 0, 1, 2 (mean
-± std); `--base=PATH` tunes an existing base instead of pretraining one (e.g. --long's, for --sst2).
+The demo's data folders (data/e2e, data/sst2, data/demo) are rebuilt at every run. Each variant writes its
+own out_dir: out/demo, `--long` (6 × the pretraining, 400 tuning steps) out/demo_long, `--sst2` (--long's
+base, sentiment alone, 3200 tuning steps, seeds 0, 1, 2) out/demo_sst2, `--quick` (a check of the
+pipeline) out/demo_quick. A run rebuilds the folder of a run with the same settings, and refuses one that
+holds another run's results unless --overwrite (out_dir/demo.json says which run a folder holds).
+`--base=PATH` tunes an existing base instead of pretraining one (e.g. --long's, for --sst2).
 """
 import json
 import os
@@ -32,12 +34,12 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from data.e2e.mr import MR_FORMATS, mr_name
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
-from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.cli import UsageError, main_guard, parse, setting
 from prefixgpt.metrics import gap_closed, mean_std
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
@@ -71,7 +73,8 @@ class DemoConfig:
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
     long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 19 minutes)
     sst2: bool = False             # SST-2 in depth: --long's base, sentiment alone, 3200 steps, seeds 0,1,2
-    quick: bool = False            # a 1-minute smoke run (tiny settings) to check the pipeline
+    quick: bool = False            # a smoke run (tiny settings, meaningless numbers) to check the pipeline
+    overwrite: bool = False        # let this run replace another demo run's results in out_dir
 
     def validate(self):
         if not self.tasks or not self.seeds:
@@ -118,12 +121,32 @@ def settings(argv) -> DemoConfig:
                                                     sentiment_steps=400, test_prompts=50).items() if k not in seen})
     if cfg.sst2:   # the in-domain SST-2 run: the prefix's decision is slow to learn, so 8 × --long's steps
         cfg = replace(cfg, **{k: v for k, v in dict(tasks=["sentiment"], sentiment_steps=3200, seeds=[0, 1, 2],
-                                                    out_dir="out/demo_sst2").items() if k not in seen})
+                                                    ).items() if k not in seen})
+    if "out_dir" not in seen:   # each variant its own folder, so that none overwrites another's results
+        cfg.out_dir = "out/demo_sst2" if cfg.sst2 else "out/demo_long" if cfg.long else "out/demo_quick" if cfg.quick \
+            else cfg.out_dir
     return cfg
+
+
+def claim_out_dir(cfg: DemoConfig):
+    """Write out_dir/demo.json with this run's settings, after checking that out_dir holds nothing or a demo
+    run with the same settings (which this run rebuilds). Another run's results are refused unless
+    --overwrite: a variant must never replace another's prefixes and tables."""
+    path = os.path.join(cfg.out_dir, "demo.json")
+    mine = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "overwrite")}
+    if os.path.isdir(cfg.out_dir) and os.listdir(cfg.out_dir) and not cfg.overwrite:
+        theirs = read_json(path) if os.path.isfile(path) else None
+        if theirs != mine:
+            what = ("files that no demo run wrote" if theirs is None else "another demo run's results ("
+                    + ", ".join(f"--{k}={theirs.get(k)}" for k in mine if theirs.get(k) != mine[k]) + ")")
+            raise UsageError(f"{cfg.out_dir} holds {what}: pass another --out_dir, or --overwrite to replace them")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    write_atomic(path, json.dumps(mine, indent=1) + "\n")
 
 
 def main(argv):
     cfg = settings(argv)
+    claim_out_dir(cfg)
     py, out, t0 = sys.executable, cfg.out_dir, time.time()
     pre = [f"--max_iters={cfg.pretrain_iters}", f"--lr_decay_iters={cfg.pretrain_iters}",
            f"--eval_interval={cfg.pretrain_iters}"]   # one estimate at the end: the tables use the tasks' losses

@@ -28,6 +28,34 @@ def test_sst2_and_long_set_their_runs_except_what_was_given():
     assert (mine.seeds, mine.sentiment_steps, mine.out_dir, mine.pretrain_iters) == ([7], 50, "elsewhere", 2400)
 
 
+def test_each_variant_has_its_own_folder_and_none_replaces_another_s_results(tmp_path, monkeypatch):
+    """make demo, --long, --sst2 and --quick write four folders; a run into a folder that holds another
+    run's results (or files no demo wrote) is refused before any step runs, unless --overwrite; a rerun of
+    the same settings rebuilds its own folder."""
+    assert [demo.settings(f).out_dir for f in ([], ["--long"], ["--sst2"], ["--quick"])] == [
+        "out/demo", "out/demo_long", "out/demo_sst2", "out/demo_quick"]
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda cmd: ran.append(cmd) or (_ for _ in ()).throw(SystemExit("stop")))
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit, match="stop"):           # make demo's run claims its folder, then runs
+        demo.main([f"--out_dir={out}"])
+    (out / "e2e_prefix").mkdir()
+    (out / "e2e_prefix" / "prefix.pt").write_bytes(b"make demo's prefix")
+    ran.clear()
+    with pytest.raises(UsageError, match=r"holds another demo run's results \(--pretrain_iters=400, --steps=60"):
+        demo.main([f"--out_dir={out}", "--long"])
+    assert ran == [] and (out / "e2e_prefix" / "prefix.pt").read_bytes() == b"make demo's prefix"
+    with pytest.raises(SystemExit, match="stop"):           # the same settings again: its own folder, rebuilt
+        demo.main([f"--out_dir={out}"])
+    with pytest.raises(SystemExit, match="stop"):           # --overwrite: asked for
+        demo.main([f"--out_dir={out}", "--long", "--overwrite"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="files that no demo run wrote"):
+        demo.main([f"--out_dir={other}"])
+
+
 def test_names_copied_reads_the_name_in_either_mr_format():
     rows = [{"prompt": "name[The Mill], area[riverside] ||", "completion": " The Mill is by the river."},
             {"prompt": "name : Zizzi | food : Thai ||", "completion": " A Thai place."},
