@@ -55,10 +55,30 @@ def test_split_by_mr_keeps_mrs_whole_and_loses_no_row():
     assert [len(mrs[s]) for s in ("train", "val", "test")] == [16, 2, 2]
     assert not (mrs["train"] & mrs["val"] or mrs["train"] & mrs["test"] or mrs["val"] & mrs["test"])
     assert sorted(r for part in splits.values() for r in part) == sorted(rows)  # each row exactly once
-    assert e2e.split_by_mr(rows, seed=1337) == splits  # seeded: the same split every run
+    assert e2e.split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) == splits  # seeded: the same every run
     # the split depends on the set of MRs, not on the order of the file
-    shuffled = e2e.split_by_mr(list(reversed(rows)), seed=1337)
+    shuffled = e2e.split_by_mr(list(reversed(rows)), seed=1337, fractions=(0.8, 0.1, 0.1))
     assert {name: {mr for mr, _ in part} for name, part in shuffled.items()} == mrs
+
+
+def test_split_by_name_never_shows_a_val_or_test_name_in_train():
+    """E2E's official test holds restaurants its train set never has: the offline split imitates that. Every
+    name's MRs land in one split; val and test names never occur in train, in an MR or in a reference."""
+    rows = [(f"name[Place {n}], food[{f}]", f"Place {n} serves {f} food {j}.")
+            for n in range(12) for f in ("Thai", "French")[:1 + n % 2] for j in range(2)]
+    rows += [("eatType[pub], food[Thai]", "A Thai pub.")]               # an MR with no name trains
+    splits = e2e.split_by_name(rows, seed=1337, fractions=(0.7, 0.1, 0.2))
+    names = {s: set(e2e.names_of(part)) for s, part in splits.items()}
+    assert all(names.values()) and not (names["train"] & (names["val"] | names["test"]) or names["val"] & names["test"])
+    train_text = " ".join(ref for _, ref in splits["train"]) + " ".join(mr for mr, _ in splits["train"])
+    assert not any(f"{n}," in train_text + "," or f"[{n}]" in train_text for n in names["val"] | names["test"])
+    assert ("eatType[pub], food[Thai]", "A Thai pub.") in splits["train"]
+    assert sorted(r for part in splits.values() for r in part) == sorted(rows)      # each row exactly once
+    n_mrs = len({mr for mr, _ in rows})
+    held = {s: len({mr for mr, _ in part}) for s, part in splits.items()}
+    assert held["test"] <= 1.25 * 0.2 * n_mrs and held["val"] <= 1.25 * 0.1 * n_mrs + 2
+    assert e2e.split_by_name(list(reversed(rows)), seed=1337, fractions=(0.7, 0.1, 0.2)).keys() == splits.keys()
+    assert names != {s: set(e2e.names_of(p)) for s, p in e2e.split_by_name(rows, 1, (0.7, 0.1, 0.2)).items()}
 
 
 def test_e2e_cli_writes_jsonl_text_and_meta(tmp_path, monkeypatch):

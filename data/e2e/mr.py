@@ -43,3 +43,12 @@ def mr_name(prompt: str) -> str | None:
     """The restaurant's name in an E2E prompt of either format, or None if it names none."""
     m = re.search(r"(?:^|, )name\[([^\]]+)\]", prompt) or re.search(r"(?:^|\| )name : (.+?)(?: \||$)", prompt)
     return m.group(1) if m else None
+
+
+def prompt_fields(prompt: str) -> list[tuple[str, str]]:
+    """The (attribute, value) pairs of an E2E prompt in either format ("<mr> ||"); [] if it holds none."""
+    mr = prompt.strip().removesuffix("||").strip()
+    if (fields := mr_fields(mr)) is not None:
+        return fields
+    pairs = [part.split(" : ", 1) for part in mr.split(" | ")]
+    return [(k.strip(), v.strip()) for k, v in pairs] if all(len(p) == 2 for p in pairs) and mr else []

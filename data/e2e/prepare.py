@@ -3,7 +3,8 @@ Prepare the E2E NLG task (restaurant meaning representation -> English sentence)
 
     python data/e2e/prepare.py                        # download the official release (train/dev/test)
     python data/e2e/prepare.py --url URL              # from a mirror (default: $PREFIXGPT_E2E_URL, else URL below)
-    python data/e2e/prepare.py --csv devset.csv       # or split local CSV files (columns mr,ref) by MR
+    python data/e2e/prepare.py --csv devset.csv       # or split local CSV files (columns mr,ref) by restaurant name
+    python data/e2e/prepare.py --csv devset.csv --split mr   # ... or by MR (names shared by the splits)
     PREFIXGPT_E2E=devset.csv python -m data.e2e.prepare
 
     python data/e2e/prepare.py --mr_format spaced     # MRs as "name : X | area : Y" (Li & Liang's; data/e2e/mr.py)
@@ -33,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from data.checks import Parser, decode_utf8, fraction, read_release, seed, url  # noqa: E402
-from data.e2e.mr import MR_FORMATS, format_mr  # noqa: E402
+from data.e2e.mr import MR_FORMATS, format_mr, mr_fields  # noqa: E402
 from data.files import write_atomic, write_json  # noqa: E402
 
 URL = "https://github.com/tuetschek/e2e-dataset/releases/download/v1.0.0/e2e-dataset.zip"
@@ -77,11 +78,12 @@ def read_csv(path: str) -> list[tuple[str, str]]:
         return read_rows(f.read(), path)
 
 
-def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
+def split_by_mr(rows, seed=1337, fractions=(0.7, 0.1, 0.2)) -> dict[str, list]:
     """Split (mr, ref) rows into train/val/test so that every MR lands in exactly one split.
 
     Splitting rows instead would put other references of a test MR into train: the model would be
-    scored on inputs it has already seen, and the test BLEU would be too optimistic.
+    scored on inputs it has already seen, and the test BLEU would be too optimistic. This split still
+    shares every restaurant name between the splits (split_by_name does not).
     """
     # sorted first, so the split depends only on the seed and the set of MRs, not on file order
     mrs = sorted({mr for mr, _ in rows})
@@ -94,10 +96,43 @@ def split_by_mr(rows, seed=1337, fractions=(0.8, 0.1, 0.1)) -> dict[str, list]:
     which = {mr: "train" for mr in mrs[:n_train]}
     which.update({mr: "val" for mr in mrs[n_train:n_train + n_val]})
     which.update({mr: "test" for mr in mrs[n_train + n_val:]})
+    return _by(which, rows)
+
+
+def split_by_name(rows, seed=1337, fractions=(0.7, 0.1, 0.2)) -> dict[str, list]:
+    """Split (mr, ref) rows by the restaurant's name: all of a name's MRs land in one split, so no val or
+    test name ever occurs in train, and a model cannot pass the test by having memorised its names (E2E's
+    official test set holds 9 names its train and dev sets never have). Names are dealt in a seeded order:
+    to test while it holds less than its fraction of the MRs, then to val likewise, then to train; a name
+    that would take a split past 1.25 × its share goes on to the next. MRs without a name stay in train."""
+    by_name: dict[str, set] = {}
+    for mr, _ in rows:
+        by_name.setdefault(dict(mr_fields(mr) or []).get("name", ""), set()).add(mr)
+    names = sorted(n for n in by_name if n)
+    random.Random(seed).shuffle(names)
+    n_mrs = len({mr for mr, _ in rows})
+    want = {"test": fractions[2] * n_mrs, "val": fractions[1] * n_mrs}
+    held = {"test": 0, "val": 0}
+    which = {mr: "train" for mr in by_name.get("", ())}
+    for i, name in enumerate(names):
+        size = len(by_name[name])
+        split = next((s for s in ("test", "val") if held[s] < want[s] and held[s] + size <= 1.25 * want[s]), "train")
+        if i == len(names) - 1 and "train" not in which.values():
+            split = "train"   # the last name trains if nothing else does
+        held[split] = held.get(split, 0) + size
+        which.update({mr: split for mr in by_name[name]})
+    return _by(which, rows)
+
+
+def _by(which: dict[str, str], rows) -> dict[str, list]:
     splits = {name: [] for name in SPLITS}
     for mr, ref in rows:  # rows keep their file order inside a split (refs of an MR stay together)
         splits[which[mr]].append((mr, ref))
     return splits
+
+
+def names_of(rows) -> list[str]:
+    return sorted({n for mr, _ in rows if (n := dict(mr_fields(mr) or []).get("name"))})
 
 
 def to_example(mr: str, ref: str, mr_format: str) -> dict:
@@ -122,7 +157,7 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str
         rows = splits[name]
         lines = [json.dumps(to_example(mr, ref, mr_format), ensure_ascii=False) + "\n" for mr, ref in rows]
         write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
-        meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows})}
+        meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows}), "names": names_of(rows)}
     # only train text: pretraining on val/test references would leak the answers into the base model
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
     write_atomic(os.path.join(out_dir, "train_facts.txt"),
@@ -146,8 +181,11 @@ def main(argv=None) -> dict:
     p.add_argument("--url", type=url, default=os.environ.get("PREFIXGPT_E2E_URL") or URL,
                    help="where to download the release zip from; default $PREFIXGPT_E2E_URL, else the official URL")
     p.add_argument("--seed", type=seed, default=1337)
-    p.add_argument("--fractions", type=fraction, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-                   help="fractions of MRs per split (local pool only)")
+    p.add_argument("--split", choices=("name", "mr"), default="name",
+                   help="how a local pool is split: by restaurant name (the default: no val or test name is ever "
+                        "in train, as in E2E's official test), or by MR (every name in every split; easier)")
+    p.add_argument("--fractions", type=fraction, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
+                   help="fractions of MRs per split (local pool only; by name, whole names: near these, not exact)")
     p.add_argument("--mr_format", choices=MR_FORMATS, default="brackets",
                    help="how the model reads an MR: brackets 'name[X], area[Y]' (the CSV's own, the default), or "
                         "spaced 'name : X | area : Y' (Li & Liang's); data/e2e/mr.py says what each does")
@@ -159,15 +197,18 @@ def main(argv=None) -> dict:
         rows = [row for path in paths for row in read_csv(path)]
         if not rows:
             raise SystemExit(f"no (mr, ref) rows in {', '.join(paths)}; {HOW}")
-        splits = split_by_mr(rows, args.seed, args.fractions)
-        meta = {"source": [os.path.basename(x) for x in paths], "split": "by MR",
+        splits = (split_by_name if args.split == "name" else split_by_mr)(rows, args.seed, args.fractions)
+        meta = {"source": [os.path.basename(x) for x in paths], "split": f"by {args.split}",
                 "fractions": list(args.fractions), "seed": args.seed}
     else:
         splits = download_official(args.out_dir, args.url)
         meta = {"source": args.url, "split": "official", "seed": args.seed}
     meta = write_task(splits, args.out_dir, meta, args.mr_format)
+    train_names = set(meta["splits"]["train"]["names"])
     for name, size in meta["splits"].items():
-        print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs -> {os.path.join(args.out_dir, name)}.jsonl")
+        unseen = "" if name == "train" else f", {sum(n not in train_names for n in size['names'])} never in train"
+        print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs {len(size['names']):3d} names{unseen} "
+              f"-> {os.path.join(args.out_dir, name)}.jsonl")
     return meta
 
 
