@@ -14,8 +14,11 @@ evaluate.py — score a frozen base, without a prefix or with any number of them
     # in mixed batches, every row its own prefix
     python evaluate.py --mode=generate --base=... --prefix=a/prefix.pt,b/prefix.pt --with_base
 
-In generate mode, lines that share a prompt are grouped: one completion per prompt, scored by corpus
-BLEU-4 against all of that prompt's references (how the E2E challenge scores). A JSONL with prompts
+In generate mode, lines that share a prompt are grouped: one completion per prompt, scored against all of
+that prompt's references (how the E2E challenge scores) by BLEU-4, NIST, METEOR (a variant), ROUGE-L and
+CIDEr (prefixgpt/nlg_metrics.py); for E2E MRs also the facts carried (prefixgpt/facts.py): the share of
+the input's attributes the outputs state, the outputs that name the restaurant, the facts stated wrongly,
+and invented facts per output. A JSONL with prompts
 only (no "completion") is generated for and not scored. The --out file has one line per prefix and
 prompt: {"prefix": label, "prompt": ..., "completion": ...}.
 """
@@ -29,6 +32,7 @@ from model import room_after
 from prefixgpt.checkpoint import is_saved_model_file, load_delta, load_model, load_prefixes, weights_fingerprint
 from prefixgpt.cli import main_guard, parse, setting
 from prefixgpt.metrics import format_confusion
+from prefixgpt.nlg_metrics import LI_LIANG_E2E
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 from prefixgpt.scoring import classification_scores, completion_bytes, generation_scores, task_loss
 
@@ -97,18 +101,30 @@ def main(argv):
             for p, h in list(zip(res["prompts"], completions))[:2]:
                 print(f"{p}{h}")
         decoding = f"beam {cfg.beam}" if cfg.beam > 1 else "greedy"
-        print(f"{cfg.base} on {cfg.data}: BLEU-4 over {len(res['prompts'])} prompts ({decoding})"
+        print(f"{cfg.base} on {cfg.data}: {len(res['prompts'])} prompts ({decoding})"
               + (f" | wrote {cfg.out}" if cfg.out else ""))
-        for name, bleu in zip(names, res["bleu"]):
-            print(f"  {name:{width}}  BLEU-4 " + ("n/a (no references)" if bleu is None else f"{bleu:.2f}"))
+        for name, scores, facts in zip(names, res["scores"], res["facts"]):
+            line = "no references: not scored" if scores is None else " | ".join(
+                f"{'BLEU-4' if k == 'BLEU' else k} {v:.{3 if k in ('NIST', 'CIDEr') else 2}f}" for k, v in scores.items())
+            if facts:   # E2E: what the outputs say, beside how they score
+                line += (f" | facts carried {facts['facts']:.1f}% | names {facts['names']:.1f}% "
+                         f"| wrong {facts['wrong']:.1f}% | added {facts['added']:.1f}% a line")
+            print(f"  {name:{width}}  {line}")
+        if any(res["facts"]):
+            print("  (Li & Liang, GPT-2 medium, E2E's official test, their numbers: prefix "
+                  + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; fine-tuning "
+                  + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["fine-tuning"].items())
+                  + ". METEOR here is a variant: prefixgpt/nlg_metrics.py)")
     elif cfg.mode == "classify":
         print(f"{cfg.base} on {cfg.data}: classification by label likelihood")
         for name, prefix in zip(names, prefixes):
             res = classification_scores(model, tokenizer, prefix, cfg.data, cfg.labels, cfg.max_examples)
             print(f"--- [{name}] ---")
             print(format_confusion(res["confusion"], [lab.strip() for lab in cfg.labels]))
+            majority = max(map(sum, res["confusion"])) / res["n"]   # always answering the commonest label
             print(f"  {name:{width}}  accuracy {res['accuracy']:.4f} | macro-F1 {res['macro_f1']:.4f} "
-                  f"| {res['n']} examples")
+                  f"| label loss {res['label_loss']:.4f} | {res['n']} examples (the commonest label alone: "
+                  f"accuracy {majority:.4f})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ scoring.py — the numbers every script reports, computed one way: losses, compl
     full_split_loss(model, tokens, block_size, batch_size)          # pretraining: every window of a split
     task_loss(model, prefix, examples)                              # tuning: completion tokens only
     complete(model, tokenizer, prefixes, prompts)                   # greedy (mixed batches) or beam search
-    generation_scores(...), classification_scores(...)              # BLEU-4; accuracy, macro-F1
+    generation_scores(...), classification_scores(...)              # E2E's five scores, facts; accuracy, macro-F1
     bleu_on_rows(model, tokenizer, prefix, rows, n)                 # BLEU-4, rows in hand
     classify(model, prefix, *label_candidates(tokenizer, rows, labels, where))   # the same, rows in hand
 
@@ -19,12 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.e2e.mr import prompt_fields
 from data.files import write_atomic
 from data.tasks import TaskExample, collate, read_jsonl
 from model import prefix_length, room_after
 from prefix import batch_prefixes
 from prefixgpt.decoding import beam_search, generate, prompt_as_prefix
+from prefixgpt.facts import facts_summary, known_names_of
 from prefixgpt.metrics import accuracy, confusion_matrix, corpus_bleu, macro_f1
+from prefixgpt.nlg_metrics import e2e_scores
 
 
 @contextlib.contextmanager
@@ -170,8 +173,9 @@ def bleu_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head
 
 def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=160, beam=1, max_examples=0,
                       out_path=""):
-    """Complete every distinct prompt of a JSONL file under every prefix; for each prefix, corpus BLEU
-    against all the references of each prompt, when the file has them."""
+    """Complete every distinct prompt of a JSONL file under every prefix; for each prefix, the five E2E scores
+    (nlg_metrics.e2e_scores: BLEU, NIST, METEOR, ROUGE-L, CIDEr) against all the references of each
+    prompt, when the file has them, and the facts carried (facts.facts_summary) when the prompts are MRs."""
     rows = read_jsonl(path, need=("prompt",))
     refs: dict[str, list[str]] = {}
     for r in rows:
@@ -185,9 +189,15 @@ def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=1
                  for label, per_prompt in zip(labels, hyps) for p, h in zip(prompts, per_prompt)]
         write_atomic(out_path, "".join(lines))
     scored = [j for j, p in enumerate(prompts) if refs[p]]
-    bleu = [corpus_bleu([h[j] for j in scored], [refs[prompts[j]] for j in scored]) if scored else None
-            for h in hyps]
-    return {"prompts": prompts, "bleu": bleu, "completions": hyps}
+    scores = [e2e_scores([h[j] for j in scored], [refs[prompts[j]] for j in scored]) if scored else None
+              for h in hyps]
+    # facts carried, where the prompts are E2E MRs (the names any input holds count as "another place's")
+    mrs = [p for p in prompts if prompt_fields(p)]
+    names = known_names_of(mrs)
+    facts = [facts_summary(mrs, [h for p, h in zip(prompts, per_prompt) if prompt_fields(p)], names) if mrs else None
+             for per_prompt in hyps]
+    return {"prompts": prompts, "bleu": [None if s is None else s["BLEU"] for s in scores], "scores": scores,
+            "facts": facts, "completions": hyps}
 
 
 @torch.no_grad()

@@ -185,7 +185,10 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
               f"--data={setup['train']}", f"--out={out}", "--beam=2", "--max_new_tokens=20")
     rows = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["prompt"] for r in rows] == [f"{mr} ||" for mr, _ in MRS]   # one per distinct prompt
-    assert "BLEU-4" in res.stdout and "over 4 prompts" in res.stdout
+    assert ": 4 prompts (beam 2)" in res.stdout                      # one per distinct prompt
+    for measure in ("BLEU-4", "NIST", "METEOR", "ROUGE-L", "CIDEr", "facts carried", "names", "wrong", "added"):
+        assert re.search(rf"prefix.pt .*{measure} \d", res.stdout), (measure, res.stdout)
+    assert "Li & Liang" in res.stdout and "their numbers" in res.stdout
     # several prefixes and the base in one greedy run: a line per (prefix, prompt), a BLEU per prefix,
     # and each prefix's completions are those it gives when evaluated alone
     finetune(setup, tmp_path / "q", "--max_iters=10", "--method=prompt")
