@@ -27,20 +27,25 @@ pipeline) out/demo_quick. A run rebuilds the folder of a run with the same setti
 holds another run's results unless --overwrite (out_dir/demo.json says which run a folder holds).
 `--base=PATH` tunes an existing base instead of pretraining one (e.g. --long's, for --sst2).
 """
+import contextlib
+import io
 import json
 import os
 import re
 import shlex
-import subprocess
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from data.e2e.mr import MR_FORMATS, mr_name
+from data.e2e.mr import MR_FORMATS
 from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
-from prefixgpt.cli import UsageError, main_guard, parse, setting
+from prefixgpt.cli import UsageError, main_guard, parse, run_script, setting
+from prefixgpt.facts import facts_summary, known_names_of
 from prefixgpt.metrics import gap_closed, mean_std
+from prefixgpt.nlg_metrics import LI_LIANG_E2E, METRICS, e2e_scores
+from prefixgpt.report import write_report
 
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
 # request: a fixed prompt, or "" for the test split's first prompt — a held-out input nobody picked)
@@ -86,26 +91,110 @@ class DemoConfig:
                              "out/demo_long/base/best.pt after `python demo.py --long`)")
 
 
+class Tee(io.TextIOBase):
+    """sys.stdout that also keeps what was written (the demo reads the scores from the steps' output)."""
+
+    def __init__(self, stream):
+        self.stream, self.parts = stream, []
+
+    def write(self, text):
+        self.stream.write(text)
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
 def run(cmd: list[str]) -> str:
     """Run one of the project's commands, echoing it and its output as it comes (pretraining takes
-    minutes: its progress lines should show); stop the demo if it fails. Returns what it printed."""
+    minutes: its progress lines should show); stop the demo if it fails. Returns what it printed.
+    The command runs in this process (cli.run_script): the same script, the same output, without paying
+    a new interpreter's import of torch at each of the demo's ~20 steps."""
     print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    lines, t0 = [], time.time()
-    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE) as proc:   # stderr goes straight through
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            lines.append(line)
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    t0, tee = time.time(), Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        status = run_script(cmd[1], cmd[2:])
+    if status != 0:
+        raise SystemExit(f"demo: step failed (exit {status}): {' '.join(cmd)}")
     print(f"({time.time() - t0:.1f} s)", flush=True)   # where the demo's minutes go, step by step
-    return "".join(lines)
+    return "".join(tee.parts)
 
 
-def names_copied(completions: list[dict]) -> float:
-    """% of E2E outputs that name the restaurant given in the input (the MR's name attribute)."""
-    hits = [name in c["completion"] for c in completions if (name := mr_name(c["prompt"]))]
-    return 100 * sum(hits) / max(len(hits), 1)
+def generation_report(completions: list[dict], test: str) -> dict:
+    """One model's E2E outputs read against the test split: the five scores (nlg_metrics) against every
+    reference of each MR, and the facts carried (facts.py): `test` is BLEU-4, the table's test measure."""
+    refs = {}
+    for r in read_jsonl(test, need=("prompt", "completion")):
+        refs.setdefault(r["prompt"], []).append(r["completion"].strip())
+    rows = [c for c in completions if c["prompt"] in refs]
+    scores = e2e_scores([c["completion"] for c in rows], [refs[c["prompt"]] for c in rows])
+    facts = facts_summary([c["prompt"] for c in rows], [c["completion"] for c in rows],
+                          known_names_of(list(refs)))
+    return {"test": scores["BLEU"], **scores, "facts": facts["facts"], "names": facts["names"],
+            "wrong": facts["wrong"], "added": facts["added"]}
+
+
+def verdict(row: dict) -> str:
+    """What a reader must not miss in a row: a prefix that does not beat the base alone on the test measure,
+    or a classifier no better than always answering the commonest label. Empty when neither."""
+    lower_better = row["metric"] != "BLEU-4"
+    prefix = statistics.mean(s[0]["test"] for s in row["test"])
+    base = row["base_test"]["test"]
+    if "majority" in row:
+        acc = statistics.mean(s[0]["accuracy"] for s in row["test"])
+        if acc <= row["majority"] + 1.0:
+            return (f"NO BETTER THAN CHANCE: prefix accuracy {acc:.1f}% vs {row['majority']:.1f}% for always answering the "
+                    f"commonest label (docs/results.md, 'Sentiment')")
+    if (prefix >= base) if lower_better else (prefix <= base):
+        return f"BELOW THE BASE on {row['metric']} (docs/results.md)"
+    return ""
+
+
+def results_table(rows: list[dict], seeds: list[int]) -> str:
+    """The demo's table: per task, the val losses (base alone, prefix, fine-tuning), then the test measure
+    for the three and the share of fine-tuning's gain on it that the prefix reaches ("gap closed", measured
+    on the test measure: BLEU-4, the label loss, the test loss; never on a loss the answer's format moves),
+    and a verdict where the prefix does not beat the base. E2E adds its five scores and the facts carried."""
+    over = "" if len(seeds) == 1 else f"; mean ± std over seeds {', '.join(map(str, seeds))}"
+    steps = ", ".join(f"{r['task']} {r['steps']}" for r in rows)
+    lines = [f"\n=== one frozen base, {len(rows)} task{'s' * (len(rows) > 1)}, tuned for {steps} steps{over} ===",
+             "val loss (nats per token) of the base alone, with the task's prefix, and fully fine-tuned; then each "
+             "task's test measure, and the share of fine-tuning's gain on it that the prefix reaches"]
+    head = ["task", "prefix parameters", "base", "prefix", "FT", "test measure", "base", "prefix", "FT", "gap closed"]
+    cells = []
+    for r in rows:
+        seen = lambda key, j: [s[j][key] for s in r["test"]]  # noqa: E731
+        digits = 2 if r["metric"] == "BLEU-4" else 3
+        sign = 1 if r["metric"] == "BLEU-4" else -1             # gap_closed works on a loss: lower is better
+        gaps = [gap_closed(-sign * r["base_test"]["test"], -sign * s[0]["test"], -sign * s[1]["test"]) for s in r["test"]]
+        cells.append([r["task"], f"{r['trainable']:,} ({r['percent']:.2f}%)", f"{r['base']:.3f}",
+                      mean_std(r["prefix"], 3, one_bare=True), mean_std(r["ft"], 3, one_bare=True), r["metric"],
+                      f"{r['base_test']['test']:.{digits}f}", mean_std(seen("test", 0), digits, one_bare=True),
+                      mean_std(seen("test", 1), digits, one_bare=True),
+                      "n/a" if None in gaps else mean_std(gaps, 0, one_bare=True) + "%"])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    fmt = lambda cs: "  ".join([cs[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cs[1:], widths[1:])])  # noqa: E731
+    lines += [fmt(head)] + [fmt(c) for c in cells]
+    for r in rows:   # what each task's test measure does not show
+        seen = lambda key, j: [s[j][key] for s in r["test"]]  # noqa: E731
+        trio = lambda key, d, unit="": " / ".join(  # noqa: E731
+            [f"{r['base_test'][key]:.{d}f}{unit}"] + [mean_std(seen(key, j), d, one_bare=True) + unit for j in (0, 1)])
+        if "majority" in r:
+            lines.append(f"{r['task']}: accuracy base / prefix / FT {trio('accuracy', 1, '%')} "
+                         f"(always the commonest label: {r['majority']:.1f}%)")
+        if r["metric"] == "BLEU-4":
+            lines.append(f"{r['task']}, base / prefix / FT: " + " | ".join(
+                f"{k} {trio(k, 3 if k in ('NIST', 'CIDEr') else 1)}" for k in METRICS))
+            lines.append(f"{r['task']}, what the outputs say (prefixgpt/facts.py), base / prefix / FT: facts carried "
+                         f"{trio('facts', 0, '%')} | names the restaurant {trio('names', 0, '%')} | facts stated "
+                         f"wrongly {trio('wrong', 0, '%')} | invented facts per output {trio('added', 0, '%')}")
+            lines.append("  (Li & Liang, GPT-2 medium on E2E's official test, their numbers, not these: prefix "
+                         + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; METEOR here is a "
+                         "variant without synonyms)")
+        if (v := verdict(r)):
+            lines.append(f"{r['task']}: {v}")
+    return "\n".join(lines)
 
 
 def settings(argv) -> DemoConfig:
@@ -174,8 +263,9 @@ def main(argv):
         tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
                 "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
         # per seed: val losses, and test scores as [prefix, FT]; the base alone (no seed) is scored once,
-        # with the first seed's run, into base_score and base_names
-        row = {"task": task, "steps": steps, "prefix": [], "ft": [], "scores": [], "names": []}
+        # with the first seed's run. "test" is each model's test measure (BLEU-4, label loss, test loss),
+        # "more": what is printed beside it (E2E's five scores and facts; accuracy)
+        row = {"task": task, "steps": steps, "prefix": [], "ft": [], "test": [], "more": []}
         for i, seed in enumerate(cfg.seeds):
             tag = "" if len(cfg.seeds) == 1 else f"_s{seed}"
             run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix{tag}",
@@ -190,68 +280,55 @@ def main(argv):
             row["prefix"].append(summary["prefix"]["best_val_loss"])
             row["ft"].append(summary["ft"]["best_val_loss"])
             with_base = ["--with_base"] if i == 0 else []
-            if scoring == "generate":     # BLEU on test MRs: the base alone and the prefix in mixed batches
+            if scoring == "generate":     # test MRs decoded: the base alone and the prefix in mixed batches
                 n = ["--max_examples=5"] if cfg.quick else [f"--max_examples={cfg.test_prompts}"]
                 mine, theirs = f"{out}/{task}_completions{tag}.jsonl", f"{out}/{task}_ft_completions{tag}.jsonl"
-                text = run([py, "evaluate.py", "--mode=generate", f"--base={base}", *with_base, f"--prefix={prefix}",
-                            f"--data={test}", f"--beam={cfg.beam}", f"--out={mine}", "--overwrite"] + n)
-                text += run([py, "evaluate.py", "--mode=generate", f"--base={tuned}", f"--data={test}",
-                             f"--beam={cfg.beam}", f"--out={theirs}", "--overwrite"] + n)
-                scores = [float(s) for s in re.findall(r"BLEU-4 ([0-9.]+)", text)]
+                run([py, "evaluate.py", "--mode=generate", f"--base={base}", *with_base, f"--prefix={prefix}",
+                     f"--data={test}", f"--beam={cfg.beam}", f"--out={mine}", "--overwrite"] + n)
+                run([py, "evaluate.py", "--mode=generate", f"--base={tuned}", f"--data={test}",
+                     f"--beam={cfg.beam}", f"--out={theirs}", "--overwrite"] + n)
                 row["metric"] = "BLEU-4"
-                both, tuned_rows = (read_jsonl(path, need=("prefix", "prompt", "completion")) for path in (mine, theirs))
-                if i == 0:
-                    row["base_names"] = names_copied([c for c in both if c["prefix"] == "no prefix"])
-                row["names"].append([names_copied([c for c in both if c["prefix"] != "no prefix"]),
-                                     names_copied(tuned_rows)])
-            elif scoring == "classify":   # accuracy by the likelier label, on SST-2's dev set
+                both, ft_rows = (read_jsonl(path, need=("prefix", "prompt", "completion")) for path in (mine, theirs))
+                scored = [generation_report([c for c in both if c["prefix"] == "no prefix"], test)] if i == 0 else []
+                scored += [generation_report([c for c in both if c["prefix"] != "no prefix"], test),
+                           generation_report(ft_rows, test)]
+            elif scoring == "classify":   # by the likelier label, on SST-2's dev set
                 text = run([py, "evaluate.py", "--mode=classify", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + limit)
                 text += run([py, "evaluate.py", "--mode=classify", f"--base={tuned}", f"--data={test}"] + limit)
-                row["metric"], scores = "accuracy %", [100 * float(s) for s in re.findall(r"accuracy ([0-9.]+)", text)]
+                row["metric"] = "label loss"
+                row["majority"] = 100 * float(re.findall(r"commonest label alone: accuracy ([0-9.]+)", text)[0])
+                scored = [{"test": float(ll), "accuracy": 100 * float(acc)} for acc, ll in
+                          re.findall(r"accuracy ([0-9.]+) \| macro-F1 [0-9.]+ \| label loss ([0-9.]+)", text)]
             else:                         # loss on the test reviews
                 n = limit or [f"--max_examples={cfg.test_reviews}"]
                 text = run([py, "evaluate.py", "--mode=loss", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + n)
                 text += run([py, "evaluate.py", "--mode=loss", f"--base={tuned}", f"--data={test}"] + n)
-                row["metric"], scores = "test loss", [float(s) for s in re.findall(r"loss ([0-9.]+) \|", text)]
+                row["metric"] = "test loss"
+                scored = [{"test": float(x)} for x in re.findall(r"loss ([0-9.]+) \|", text)]
             if i == 0:
-                row["base_score"] = scores.pop(0)
-            row["scores"].append(scores)
+                row["base_test"] = scored.pop(0)
+            row["test"].append(scored)
         rows.append(row)
         first = "" if len(cfg.seeds) == 1 else f"_s{cfg.seeds[0]}"
         requests.append({"prefix": f"{out}/{task}_prefix{first}/prefix.pt",
                          "prompt": request or read_jsonl(test, need=("prompt",))[0]["prompt"]})
     requests.append({"prefix": "", "prompt": requests[0]["prompt"]})   # the base alone, for contrast
 
+    if "e2e" in cfg.tasks:   # where the E2E prefix's attention goes, layer by layer and head by head
+        first = "" if len(cfg.seeds) == 1 else f"_s{cfg.seeds[0]}"
+        run([py, "experiments/attention_mass.py", f"--base={base}", f"--prefix={out}/e2e_prefix{first}/prefix.pt",
+             f"--data={e2e}/test.jsonl", f"--out={out}/e2e_mass.png"] + (["--examples=5"] if cfg.quick else []))
     path = f"{out}/requests.jsonl"
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in requests))
-    run([py, "sample.py", f"--base={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
-         "--max_new_tokens=160"])
-
-    over = "" if len(cfg.seeds) == 1 else f"; mean ± std over seeds {', '.join(map(str, cfg.seeds))}"
-    steps = ", ".join(f"{r['task']} {r['steps']}" for r in rows)
-    print(f"\n=== one frozen base, {len(rows)} task{'s' * (len(rows) > 1)}: val loss (nats per token) of the base alone, "
-          f"with the task's prefix, and fine-tuned for the same steps as its prefix ({steps}){over} ===")
-    head = ["task", "prefix parameters", "base", "prefix", "FT", "gap closed"]
-    table = []
-    for r in rows:
-        gaps = [gap_closed(r["base"], p, f) for p, f in zip(r["prefix"], r["ft"])]
-        gap = "n/a" if None in gaps else mean_std(gaps, 0, one_bare=True) + "%"
-        scores = " / ".join([f"{r['base_score']:.2f}"] + [mean_std([s[j] for s in r["scores"]], 2, one_bare=True) for j in (0, 1)])
-        extra = (" | names the restaurant: " + " / ".join(
-            [f"{r['base_names']:.0f}%"] + [mean_std([s[j] for s in r["names"]], 0, one_bare=True) + "%" for j in (0, 1)])
-            if r["names"] else "")
-        table.append(([r["task"], f"{r['trainable']:,} ({r['percent']:.2f}%)", f"{r['base']:.3f}",
-                       mean_std(r["prefix"], 3, one_bare=True), mean_std(r["ft"], 3, one_bare=True), gap],
-                      f"{r['metric']} {scores}{extra}"))
-    # each column as wide as its widest cell (mean ± std cells are three times a bare number's width)
-    widths = [max([least, len(h)] + [len(cells[i]) for cells, _ in table])
-              for i, (h, least) in enumerate(zip(head, (10, 18, 6, 7, 6, 10)))]
-    line = lambda cells: " ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])  # noqa: E731
-    print(line(head) + "   test: base / prefix / FT")
-    for cells, test in table:
-        print(line(cells) + "   " + test)
+    samples = run([py, "sample.py", f"--base={base}", f"--requests={path}", "--temperature=0", "--stop_at_eot",
+                   "--max_new_tokens=160"])
+    table = results_table(rows, cfg.seeds)
+    print(table)
+    write_atomic(f"{out}/results.json", json.dumps(rows, indent=1) + "\n")
+    report = write_report(out, cfg, rows, table, samples)
+    print(f"\nthe demo's page: {report} (one file: the table, the curves, the samples, the attention map)")
     print(f"\ndemo finished in {time.time() - t0:.0f} s; everything is under {out}/")
 
 

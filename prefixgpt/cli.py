@@ -18,6 +18,7 @@ import difflib
 import math
 import os
 import re
+import runpy
 import sys
 import tomllib
 import typing
@@ -223,3 +224,22 @@ def one_line(e: BaseException) -> str:
     else:
         text = str(e)
     return " ".join(text.split())
+
+
+def run_script(path: str, args: list[str]) -> int:
+    """Run a project script (train.py, data/e2e/prepare.py, ...) in this process as `python path args`
+    would, and return its exit status. What it prints goes to this process's sys.stdout and sys.stderr.
+    Why: a new Python process pays torch's import (seconds on a small CPU) at every step of a pipeline
+    such as demo.py; the script's own main_guard still turns its errors into one line and a status."""
+    argv, path_before = sys.argv, list(sys.path)
+    sys.argv = [path, *args]
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code or 0
+    finally:
+        sys.argv, sys.path[:] = argv, path_before
+    return 0

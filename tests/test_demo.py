@@ -56,13 +56,46 @@ def test_each_variant_has_its_own_folder_and_none_replaces_another_s_results(tmp
         demo.main([f"--out_dir={other}"])
 
 
-def test_names_copied_reads_the_name_in_either_mr_format():
-    rows = [{"prompt": "name[The Mill], area[riverside] ||", "completion": " The Mill is by the river."},
-            {"prompt": "name : Zizzi | food : Thai ||", "completion": " A Thai place."},
-            {"prompt": "name : Aromi ||", "completion": " Aromi serves food."},
-            {"prompt": "food : Thai ||", "completion": " Zizzi."}]          # names no restaurant: not counted
-    assert demo.names_copied(rows) == pytest.approx(100 * 2 / 3)
-    assert demo.names_copied([]) == 0
+def row(task, metric, base, prefix, ft, **more):
+    """A demo table row as demo.main builds it: one seed, test measures for the base, the prefix and FT."""
+    pick = lambda v, k: {"test": v, **{key: val[k] for key, val in more.items() if key != "majority"}}  # noqa: E731
+    r = {"task": task, "steps": 10, "trainable": 100, "percent": 1.0, "base": 2.0, "prefix": [1.5], "ft": [1.0],
+         "metric": metric, "base_test": pick(base, 0), "test": [[pick(prefix, 1), pick(ft, 2)]]}
+    if "majority" in more:
+        r["majority"] = more["majority"]
+    return r
+
+
+def test_gap_closed_is_measured_on_the_test_measure_and_a_row_that_fails_says_so():
+    """The headline agrees with its test column: a sentiment prefix whose label loss barely moves closes
+    little of the gap whatever its val loss did, and one at the commonest label's accuracy reads as chance;
+    a generation prefix that does not beat the base alone on BLEU says so in the table."""
+    good = row("e2e", "BLEU-4", 10.0, 30.0, 40.0, **{k: (1, 2, 3) for k in
+                                                  ("BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "facts", "names",
+                                                   "wrong", "added")})
+    chance = row("sentiment", "label loss", 0.70, 0.69, 0.50, accuracy=(50.9, 50.9, 80.0), majority=50.9)
+    worse = row("review", "test loss", 4.0, 4.2, 3.5)
+    table = demo.results_table([good, chance, worse], [1337])
+    lines = {line.split()[0]: line for line in table.splitlines() if line.split() and line.split()[0] in
+             ("e2e", "sentiment", "review")}
+    assert lines["e2e"].endswith("67%")                       # (30 - 10) / (40 - 10) of the BLEU gain
+    assert lines["sentiment"].endswith(" 5%")                 # (0.70 - 0.69) / (0.70 - 0.50) of the label loss
+    assert lines["review"].endswith("-40%")                   # (4.0 - 4.2) / (4.0 - 3.5): worse than the base
+    assert "sentiment: NO BETTER THAN CHANCE: prefix accuracy 50.9% vs 50.9%" in table
+    assert "review: BELOW THE BASE on test loss" in table and "e2e: BELOW" not in table
+    assert "facts carried 1% / 2% / 3%" in table and "CIDEr 1.000 / 2.000 / 3.000" in table
+    assert demo.verdict(good) == "" and demo.verdict(row("s", "label loss", 0.7, 0.6, 0.5, accuracy=(50, 70, 80),
+                                                         majority=50.0)) == ""
+
+
+def test_generation_report_scores_outputs_against_every_reference(tmp_path):
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"prompt": "name[Zizzi], food[Thai] ||", "completion": " Zizzi serves Thai food."}\n'
+                    '{"prompt": "name[Zizzi], food[Thai] ||", "completion": " Thai food at Zizzi."}\n')
+    got = demo.generation_report([{"prompt": "name[Zizzi], food[Thai] ||", "completion": " Zizzi serves Thai food."}],
+                                 str(test))
+    assert got["test"] == got["BLEU"] == pytest.approx(100.0) and got["facts"] == got["names"] == 100.0
+    assert got["ROUGE-L"] == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -115,5 +148,7 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
     assert res.stdout.count("--with_base") == 1          # the base alone is scored once, not once a seed
     row = re.search(r"sentiment .*", res.stdout.split("===")[-1]).group(0)
     pm = r"\d+\.\d+ ± \d+\.\d+"
-    assert re.search(rf"\([\d.]+%\)\s+\d+\.\d+ {pm} {pm}\s+-?\d+ ± \d+%\s+accuracy % [\d.]+ / {pm} / {pm}$", row), row
+    assert re.search(rf"\([\d.]+%\)\s+\d+\.\d+\s+{pm}\s+{pm}\s+label loss\s+\d+\.\d+\s+{pm}\s+{pm}\s+(-?\d+ ± \d+%|n/a)$",
+                     row), row
+    assert re.search(rf"sentiment: accuracy base / prefix / FT [\d.]+% / {pm}% / {pm}%", res.stdout)
     assert "mean ± std over seeds 0, 1" in res.stdout

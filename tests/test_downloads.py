@@ -300,5 +300,18 @@ def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path, tok
         assert label in requests                              # one mixed batch serves every task
     loss = r"\s+\d+\.\d+"
     for task in tasks:                                        # base, prefix and FT side by side, and the gap
-        assert re.search(rf"{task}\s+[\d,]+ \([\d.]+%\)" + loss * 3 + r"\s+(-?\d+%|n/a)", out), out[-2000:]
-    assert re.search(r"names the restaurant: \d+% / \d+% / \d+%", out)
+        assert re.search(rf"{task}\s+[\d,]+ \([\d.]+%\)" + loss * 3 + r"\s+(BLEU-4|label loss|test loss)" + loss * 3
+                         + r"\s+(-?\d+%|n/a)", out), out[-2000:]
+    assert re.search(r"facts carried \d+% / \d+% / \d+% \| names the restaurant \d+% / \d+% / \d+%", out)
+    assert re.search(r"BLEU [\d.]+ / [\d.]+ / [\d.]+ \| NIST .* \| METEOR .* \| ROUGE-L .* \| CIDEr [\d.]+ / [\d.]+ / [\d.]+", out)
+    assert "Li & Liang" in out
+    # the page: one file with every task, every image embedded, and the table's numbers
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "report.html" in out and "<img" in page and "src='http" not in page
+    images = page.count("data:image/png;base64,")
+    assert images == len(tasks) + 1                           # a curve per task and the attention map
+    for task in tasks:
+        assert f"id='task-{task}'" in page
+    table = out[out.rindex("=== one frozen base"):out.index("the demo's page")].strip()
+    for number in re.findall(r"\d+\.\d+", table):
+        assert number in page
