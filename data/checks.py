@@ -35,6 +35,13 @@ def seed(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def tokenizer_name(text: str) -> str:
     try:
         return check_tokenizer_name(text)

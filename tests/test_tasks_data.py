@@ -81,6 +81,32 @@ def test_split_by_name_never_shows_a_val_or_test_name_in_train():
     assert names != {s: set(e2e.names_of(p)) for s, p in e2e.split_by_name(rows, 1, (0.7, 0.1, 0.2)).items()}
 
 
+def test_invented_names_replace_name_and_near_alike_in_mr_and_reference():
+    rows = [("name[Cocum], eatType[pub], near[The Sorrento]", "Cocum is a pub near The Sorrento."),
+            ("eatType[pub]", "A pub.")]                                     # no name: nothing to invent
+    out = e2e.with_invented_names(rows, copies=3, seed=0)
+    assert len(out) == 3 and len({mr for mr, _ in out}) == 3                # a fresh pair every copy
+    for mr, ref in out:
+        fields = dict(e2e.mr_fields(mr))
+        assert fields["eatType"] == "pub" and fields["name"] not in ("Cocum", "The Sorrento")
+        assert ref == f"{fields['name']} is a pub near {fields['near']}."
+    assert out == e2e.with_invented_names(rows, copies=3, seed=0) != e2e.with_invented_names(rows, copies=3, seed=1)
+
+
+def test_invented_names_add_to_train_only(tmp_path):
+    csv = tmp_path / "dev.csv"
+    csv.write_text("mr,ref\n" + "".join(f'"name[Place {n}], food[Thai]","Place {n} serves Thai food."\n' for n in range(10)))
+    plain = e2e.main(["--csv", str(csv), "--out_dir", str(tmp_path / "a")])
+    more = e2e.main(["--csv", str(csv), "--out_dir", str(tmp_path / "b"), "--invented_names", "2"])
+    assert more["splits"]["train"]["lines"] == 3 * plain["splits"]["train"]["lines"]
+    assert more["splits"]["train"]["names"] == plain["splits"]["train"]["names"]       # the real ones
+    assert more["splits"]["train"]["invented_lines"] == 2 * plain["splits"]["train"]["lines"]
+    for split in ("val", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_text() == (tmp_path / "b" / f"{split}.jsonl").read_text()
+    facts = (tmp_path / "b" / "train_facts.txt").read_text().splitlines()
+    assert len(facts) == more["splits"]["train"]["lines"]
+
+
 def test_e2e_cli_writes_jsonl_text_and_meta(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
     rows = e2e_rows(20)
@@ -293,6 +319,8 @@ def exit_message(main, args) -> str:
     (["--fractions", "a", "b", "c"], "invalid fraction value: 'a'"),
     (["--seed", "-1"], "argument --seed: must be 0 or more"),
     (["--seed", "1.5"], "invalid seed value"),
+    (["--invented_names", "-2"], "argument --invented_names: must be 0 or more, got -2"),
+    (["--invented_names", "three"], "invalid count value: 'three'"),
     (["--mr_format", "csv"], "invalid choice: 'csv'"),
 ])
 def test_e2e_bad_values_are_refused_where_they_are_parsed(tmp_path, monkeypatch, args, message):

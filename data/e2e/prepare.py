@@ -8,6 +8,7 @@ Prepare the E2E NLG task (restaurant meaning representation -> English sentence)
     PREFIXGPT_E2E=devset.csv python -m data.e2e.prepare
 
     python data/e2e/prepare.py --mr_format spaced     # MRs as "name : X | area : Y" (Li & Liang's; data/e2e/mr.py)
+    python data/e2e/prepare.py --invented_names 3     # + 3 copies of each train line under invented names
 
 Writes to --out_dir (default data/e2e):
     train.jsonl, val.jsonl, test.jsonl   one line per reference: {"prompt": "<mr> ||", "completion": " <ref>"},
@@ -33,7 +34,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.checks import Parser, decode_utf8, fraction, read_release, seed, url  # noqa: E402
+from data.checks import Parser, count, decode_utf8, fraction, read_release, seed, url  # noqa: E402
 from data.e2e.mr import MR_FORMATS, format_mr, mr_fields  # noqa: E402
 from data.files import write_atomic, write_json  # noqa: E402
 
@@ -131,6 +132,41 @@ def _by(which: dict[str, str], rows) -> dict[str, list]:
     return splits
 
 
+ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "br", "ch", "cr", "gl",
+          "pr", "sh", "st", "th", "tr"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "oo", "ou"]
+CODAS = ["", "", "", "n", "r", "l", "s", "t", "m", "ck", "nd", "rn"]
+
+
+def invent_name(rng: random.Random) -> str:
+    """A restaurant name nobody wrote: one or two made-up words of two or three syllables, sometimes after
+    "The" ("The Broumar", "Tesvi Lorand"). In the model's tokens it is several pieces it has never seen
+    together, so the only way to write it is to copy it from the input."""
+    word = lambda: "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)  # noqa: E731
+                           for _ in range(rng.choice((2, 2, 3)))).capitalize()
+    words = [word() for _ in range(rng.choice((1, 1, 2)))]
+    return " ".join((["The"] if rng.random() < 0.3 else []) + words)
+
+
+def with_invented_names(rows, copies: int, seed: int) -> list[tuple[str, str]]:
+    """`copies` more of each (mr, ref) row with its name and near values replaced, in the MR and in the
+    reference alike, by invented names (a fresh pair for every copy). Train rows only: the copies teach
+    that the name in the sentence is the MR's, whatever it is, instead of one of train's few names."""
+    rng, out = random.Random(seed), []
+    for mr, ref in rows:
+        fields = dict(mr_fields(mr) or [])
+        for _ in range(copies if fields.keys() & {"name", "near"} else 0):   # nothing to invent: no copy
+            new_mr, new_ref = mr, ref
+            for attribute in ("name", "near"):
+                old = fields.get(attribute)
+                if old:
+                    new = invent_name(rng)
+                    new_mr = new_mr.replace(f"{attribute}[{old}]", f"{attribute}[{new}]")
+                    new_ref = new_ref.replace(old, new)
+            out.append((new_mr, new_ref))
+    return out
+
+
 def names_of(rows) -> list[str]:
     return sorted({n for mr, _ in rows if (n := dict(mr_fields(mr) or []).get("name"))})
 
@@ -186,6 +222,9 @@ def main(argv=None) -> dict:
                         "in train, as in E2E's official test), or by MR (every name in every split; easier)")
     p.add_argument("--fractions", type=fraction, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of MRs per split (local pool only; by name, whole names: near these, not exact)")
+    p.add_argument("--invented_names", type=count, default=0, metavar="COPIES",
+                   help="add COPIES of every train line (train.jsonl and the Facts lines) with its name and near "
+                        "replaced by invented names (with_invented_names); 0, the default, adds none")
     p.add_argument("--mr_format", choices=MR_FORMATS, default="brackets",
                    help="how the model reads an MR: brackets 'name[X], area[Y]' (the CSV's own, the default), or "
                         "spaced 'name : X | area : Y' (Li & Liang's); data/e2e/mr.py says what each does")
@@ -203,10 +242,18 @@ def main(argv=None) -> dict:
     else:
         splits = download_official(args.out_dir, args.url)
         meta = {"source": args.url, "split": "official", "seed": args.seed}
+    real_names, invented = names_of(splits["train"]), with_invented_names(splits["train"], args.invented_names, args.seed)
+    if invented:   # after the split: val and test keep their real names, and their sizes
+        splits["train"] = splits["train"] + invented
+        meta["invented_names"] = args.invented_names
     meta = write_task(splits, args.out_dir, meta, args.mr_format)
+    if invented:   # the names a reader asks about are the real ones; the invented are counted
+        meta["splits"]["train"].update(names=real_names, invented_lines=len(invented))
+        write_json(os.path.join(args.out_dir, "meta.json"), meta)
     train_names = set(meta["splits"]["train"]["names"])
     for name, size in meta["splits"].items():
-        unseen = "" if name == "train" else f", {sum(n not in train_names for n in size['names'])} never in train"
+        unseen = f", {size['invented_lines']} of the lines with invented names" if "invented_lines" in size else ""
+        unseen = unseen if name == "train" else f", {sum(n not in train_names for n in size['names'])} never in train"
         print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs {len(size['names']):3d} names{unseen} "
               f"-> {os.path.join(args.out_dir, name)}.jsonl")
     return meta
