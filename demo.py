@@ -47,6 +47,8 @@ from prefixgpt.metrics import gap_closed, mean_std
 from prefixgpt.nlg_metrics import LI_LIANG_E2E, METRICS, e2e_scores
 from prefixgpt.report import write_report
 
+HIGHER_BETTER = ("BLEU-4", "accuracy")   # test measures where more is better; the rest are losses
+
 # task: (data folder, file stem, the prefix's settings, how its test split is scored, the mixed batch's
 # request: a fixed prompt, or "" for the test split's first prompt — a held-out input nobody picked)
 TASKS = {
@@ -138,7 +140,7 @@ def generation_report(completions: list[dict], test: str) -> dict:
 def verdict(row: dict) -> str:
     """What a reader must not miss in a row: a prefix that does not beat the base alone on the test measure,
     or a classifier no better than always answering the commonest label. Empty when neither."""
-    lower_better = row["metric"] != "BLEU-4"
+    lower_better = row["metric"] not in HIGHER_BETTER
     prefix = statistics.mean(s[0]["test"] for s in row["test"])
     base = row["base_test"]["test"]
     if "majority" in row:
@@ -154,7 +156,7 @@ def verdict(row: dict) -> str:
 def results_table(rows: list[dict], seeds: list[int]) -> str:
     """The demo's table: per task, the val losses (base alone, prefix, fine-tuning), then the test measure
     for the three and the share of fine-tuning's gain on it that the prefix reaches ("gap closed", measured
-    on the test measure: BLEU-4, the label loss, the test loss; never on a loss the answer's format moves),
+    on the test measure: BLEU-4, accuracy, the test loss; never on a loss the answer's format moves),
     and a verdict where the prefix does not beat the base. E2E adds its five scores and the facts carried."""
     over = "" if len(seeds) == 1 else f"; mean ± std over seeds {', '.join(map(str, seeds))}"
     steps = ", ".join(f"{r['task']} {r['steps']}" for r in rows)
@@ -165,8 +167,8 @@ def results_table(rows: list[dict], seeds: list[int]) -> str:
     cells = []
     for r in rows:
         seen = lambda key, j: [s[j][key] for s in r["test"]]  # noqa: E731
-        digits = 2 if r["metric"] == "BLEU-4" else 3
-        sign = 1 if r["metric"] == "BLEU-4" else -1             # gap_closed works on a loss: lower is better
+        digits = 3 if r["metric"] == "test loss" else 1 if r["metric"] == "accuracy" else 2
+        sign = 1 if r["metric"] in HIGHER_BETTER else -1         # gap_closed works on a loss: lower is better
         gaps = [gap_closed(-sign * r["base_test"]["test"], -sign * s[0]["test"], -sign * s[1]["test"]) for s in r["test"]]
         cells.append([r["task"], f"{r['trainable']:,} ({r['percent']:.2f}%)", f"{r['base']:.3f}",
                       mean_std(r["prefix"], 3, one_bare=True), mean_std(r["ft"], 3, one_bare=True), r["metric"],
@@ -181,8 +183,8 @@ def results_table(rows: list[dict], seeds: list[int]) -> str:
         trio = lambda key, d, unit="": " / ".join(  # noqa: E731
             [f"{r['base_test'][key]:.{d}f}{unit}"] + [mean_std(seen(key, j), d, one_bare=True) + unit for j in (0, 1)])
         if "majority" in r:
-            lines.append(f"{r['task']}: accuracy base / prefix / FT {trio('accuracy', 1, '%')} "
-                         f"(always the commonest label: {r['majority']:.1f}%)")
+            lines.append(f"{r['task']}: always the commonest label: accuracy {r['majority']:.1f}% | label loss "
+                         f"(nats, moved by learning the labels' words alone) base / prefix / FT {trio('label_loss', 3)}")
         if r["metric"] == "BLEU-4":
             lines.append(f"{r['task']}, base / prefix / FT: " + " | ".join(
                 f"{k} {trio(k, 3 if k in ('NIST', 'CIDEr') else 1)}" for k in METRICS))
@@ -263,8 +265,8 @@ def main(argv):
         tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
                 "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
         # per seed: val losses, and test scores as [prefix, FT]; the base alone (no seed) is scored once,
-        # with the first seed's run. "test" is each model's test measure (BLEU-4, label loss, test loss),
-        # "more": what is printed beside it (E2E's five scores and facts; accuracy)
+        # with the first seed's run. "test" is each model's test measure (BLEU-4, accuracy, test loss),
+        # "more": what is printed beside it (E2E's five scores and facts; the label loss)
         row = {"task": task, "steps": steps, "prefix": [], "ft": [], "test": [], "more": []}
         for i, seed in enumerate(cfg.seeds):
             tag = "" if len(cfg.seeds) == 1 else f"_s{seed}"
@@ -296,9 +298,9 @@ def main(argv):
                 text = run([py, "evaluate.py", "--mode=classify", f"--base={base}", *with_base, f"--prefix={prefix}",
                             f"--data={test}"] + limit)
                 text += run([py, "evaluate.py", "--mode=classify", f"--base={tuned}", f"--data={test}"] + limit)
-                row["metric"] = "label loss"
+                row["metric"] = "accuracy"  # not the label loss: learning the labels' words alone moves that
                 row["majority"] = 100 * float(re.findall(r"commonest label alone: accuracy ([0-9.]+)", text)[0])
-                scored = [{"test": float(ll), "accuracy": 100 * float(acc)} for acc, ll in
+                scored = [{"test": 100 * float(acc), "accuracy": 100 * float(acc), "label_loss": float(ll)} for acc, ll in
                           re.findall(r"accuracy ([0-9.]+) \| macro-F1 [0-9.]+ \| label loss ([0-9.]+)", text)]
             else:                         # loss on the test reviews
                 n = limit or [f"--max_examples={cfg.test_reviews}"]

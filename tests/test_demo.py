@@ -67,24 +67,27 @@ def row(task, metric, base, prefix, ft, **more):
 
 
 def test_gap_closed_is_measured_on_the_test_measure_and_a_row_that_fails_says_so():
-    """The headline agrees with its test column: a sentiment prefix whose label loss barely moves closes
-    little of the gap whatever its val loss did, and one at the commonest label's accuracy reads as chance;
+    """The headline agrees with its test column: sentiment's gap is measured on accuracy, not on the label
+    loss that learning the labels' words alone moves, and a prefix at the commonest label's accuracy reads
+    as chance in its row, however far its label loss fell;
     a generation prefix that does not beat the base alone on BLEU says so in the table."""
     good = row("e2e", "BLEU-4", 10.0, 30.0, 40.0, **{k: (1, 2, 3) for k in
                                                   ("BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "facts", "names",
                                                    "wrong", "added")})
-    chance = row("sentiment", "label loss", 0.70, 0.69, 0.50, accuracy=(50.9, 50.9, 80.0), majority=50.9)
+    chance = row("sentiment", "accuracy", 50.9, 50.9, 80.0, accuracy=(50.9, 50.9, 80.0), label_loss=(4.3, 0.70, 0.6),
+                 majority=50.9)
     worse = row("review", "test loss", 4.0, 4.2, 3.5)
     table = demo.results_table([good, chance, worse], [1337])
     lines = {line.split()[0]: line for line in table.splitlines() if line.split() and line.split()[0] in
              ("e2e", "sentiment", "review")}
     assert lines["e2e"].endswith("67%")                       # (30 - 10) / (40 - 10) of the BLEU gain
-    assert lines["sentiment"].endswith(" 5%")                 # (0.70 - 0.69) / (0.70 - 0.50) of the label loss
+    assert lines["sentiment"].endswith(" 0%")                 # (50.9 - 50.9) / (80 - 50.9), though its label loss fell
+    assert "label loss (nats, moved by learning the labels' words alone) base / prefix / FT 4.300 / 0.700 / 0.600" in table
     assert lines["review"].endswith("-40%")                   # (4.0 - 4.2) / (4.0 - 3.5): worse than the base
     assert "sentiment: NO BETTER THAN CHANCE: prefix accuracy 50.9% vs 50.9%" in table
     assert "review: BELOW THE BASE on test loss" in table and "e2e: BELOW" not in table
     assert "facts carried 1% / 2% / 3%" in table and "CIDEr 1.000 / 2.000 / 3.000" in table
-    assert demo.verdict(good) == "" and demo.verdict(row("s", "label loss", 0.7, 0.6, 0.5, accuracy=(50, 70, 80),
+    assert demo.verdict(good) == "" and demo.verdict(row("s", "accuracy", 50, 70, 80, accuracy=(50, 70, 80),
                                                          majority=50.0)) == ""
 
 
@@ -148,7 +151,7 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
     assert res.stdout.count("--with_base") == 1          # the base alone is scored once, not once a seed
     row = re.search(r"sentiment .*", res.stdout.split("===")[-1]).group(0)
     pm = r"\d+\.\d+ ± \d+\.\d+"
-    assert re.search(rf"\([\d.]+%\)\s+\d+\.\d+\s+{pm}\s+{pm}\s+label loss\s+\d+\.\d+\s+{pm}\s+{pm}\s+(-?\d+ ± \d+%|n/a)$",
+    assert re.search(rf"\([\d.]+%\)\s+\d+\.\d+\s+{pm}\s+{pm}\s+accuracy\s+\d+\.\d+\s+{pm}\s+{pm}\s+(-?\d+ ± \d+%|n/a)$",
                      row), row
-    assert re.search(rf"sentiment: accuracy base / prefix / FT [\d.]+% / {pm}% / {pm}%", res.stdout)
+    assert re.search(rf"label loss .* base / prefix / FT [\d.]+ / {pm} / {pm}", res.stdout)
     assert "mean ± std over seeds 0, 1" in res.stdout

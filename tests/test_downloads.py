@@ -300,7 +300,7 @@ def test_the_main_job_runs_end_to_end_downloading_its_data(server, tmp_path, tok
         assert label in requests                              # one mixed batch serves every task
     loss = r"\s+\d+\.\d+"
     for task in tasks:                                        # base, prefix and FT side by side, and the gap
-        assert re.search(rf"{task}\s+[\d,]+ \([\d.]+%\)" + loss * 3 + r"\s+(BLEU-4|label loss|test loss)" + loss * 3
+        assert re.search(rf"{task}\s+[\d,]+ \([\d.]+%\)" + loss * 3 + r"\s+(BLEU-4|accuracy|test loss)" + loss * 3
                          + r"\s+(-?\d+%|n/a)", out), out[-2000:]
     assert re.search(r"facts carried \d+% / \d+% / \d+% \| names the restaurant \d+% / \d+% / \d+%", out)
     assert re.search(r"BLEU [\d.]+ / [\d.]+ / [\d.]+ \| NIST .* \| METEOR .* \| ROUGE-L .* \| CIDEr [\d.]+ / [\d.]+ / [\d.]+", out)
