@@ -21,7 +21,7 @@ PIP_INDEX   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # pip compiles every module it installs to bytecode, and torch has thousands: 58 s of a 2-core machine's set-up
 # against 24 s without (--no-compile). The scripts import about a third of those modules, so they are
 # compiled once after, by importing them (WARM), with PYTHONDONTWRITEBYTECODE lifted for that one command so
-# the bytecode is written even where the environment turns that off (15 s). Measured in README "The main job".
+# the bytecode is written even where the environment turns that off (15 s). Measured in CHANGELOG.md, "2026-11-26 and before".
 WARM := import torch, torch._dynamo, numpy, tiktoken, tiktoken_ext.openai_public, matplotlib, io; \
         matplotlib.use("Agg"); import matplotlib.pyplot as plt; plt.figure().savefig(io.BytesIO(), format="png")
 
