@@ -284,7 +284,7 @@ def pretrain_suite(cfg: BenchConfig) -> dict:
 # the same paths compute there what they compute on the CPU.
 # transformers and peft are needed for their columns only; without them those are skipped.
 
-# toy keeps nanoGPT's exact GELU (as the README's toy models do), gpt2 GPT-2's tanh form; transformers
+# toy keeps nanoGPT's exact GELU (as this project's own models do: docs/pretraining.md), gpt2 GPT-2's tanh form; transformers
 # gets the same one (its "gelu" and "gelu_new")
 SHAPES = {"toy": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=256, gelu="exact"),
           "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, gelu="tanh")}

@@ -3,7 +3,7 @@ compare.py — the PEFT family side by side on one frozen base: methods × seeds
 and across bases pretrained for longer.
 
     python experiments/compare.py --quick                    # a small grid (minutes), the table and plots
-    python experiments/compare.py                            # the full grid of the README's results section
+    python experiments/compare.py                            # the full grid of docs/family.md
     python experiments/compare.py --methods=prefix,lora --seeds=0,1,2 --sizes=50,200,0 --steps=150
     python experiments/compare.py --task=sst2 --quick        # SST-2 (python data/sst2/prepare.py makes data/sst2)
 
@@ -23,7 +23,7 @@ column a base for the val loss, the first test score (BLEU-4, accuracy) and the 
 the base alone and ft that the method closes, (base - method) / (base - ft) per seed. results_bases.png
 draws that share for each method against the bases' pretraining iterations. Bases of 1×, 6× and 16× the
 demo's pretraining (400 steps; the 1× is the demo's own base, made by `make demo` with its corpus; the 6×
-is `demo.py --long`'s), as the README's table was run:
+is `demo.py --long`'s), as docs/family.md's table was run:
 
     python train.py config/demo_pretrain.toml --max_iters=6400 --lr_decay_iters=6400 --eval_interval=6400 \
         --out_dir=out/base_16x

@@ -1,5 +1,5 @@
 """Every config/*.toml is read by the script it is for, without an unknown key or a value out of range,
-and the larger GPU base is the size the README says it is."""
+and the larger GPU base is the size docs/family.md says it is."""
 import glob
 import os
 
@@ -41,7 +41,7 @@ def test_the_gpu_base_is_ten_times_the_demos_and_reads_the_demos_corpus():
     demo, demo_model = read_config(os.path.join(ROOT, "config", "demo_pretrain.toml"))
     assert gpu.data_dir == demo.data_dir and gpu_model.block_size == demo_model.block_size
     sizes = [GPT(GPTConfig(**{**vars(m), "vocab_size": 2048})).num_params() for m in (gpu_model, demo_model)]
-    assert sizes[0] == 11_433_984 and 10 <= sizes[0] / sizes[1] <= 11   # README: 11.43M, 10 × the demo's
+    assert sizes[0] == 11_433_984 and 10 <= sizes[0] / sizes[1] <= 11   # docs/family.md: 11.43M, 10 × the demo's
     assert gpu.batch_size * gpu_model.block_size * gpu.max_iters == 30_720_000   # ~30M tokens
     assert gpu_model.dropout > 0   # ~10 passes over a 2.86M-token corpus: it would overfit without
 

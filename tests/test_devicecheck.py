@@ -1,5 +1,5 @@
 """devicecheck.py on the CPU: every check runs and passes, and a planted defect in a path a GPU takes
-(the fast attention path, the preallocated cache) makes its check fail. A GPU run is the README's."""
+(the fast attention path, the preallocated cache) makes its check fail. A GPU run is docs/performance.md's."""
 import pytest
 
 from checks import devicecheck

@@ -11,7 +11,7 @@ The model reads it in one of two forms (MR_FORMATS):
 What the choice changes: a GPT-2-style tokenizer cuts a word differently after a space and
 after a bracket (" Al" "im" "ent" "um" in a sentence, "[" "A" "l" "im" "ent" "um" in the bracketed MR), so in
 the bracketed form, writing the restaurant's name into the sentence means mapping one token sequence onto
-another; in the spaced form it is a copy of the same tokens. The README's main-job section has the runs.
+another; in the spaced form it is a copy of the same tokens. docs/results.md and CHANGELOG.md have the runs.
 """
 import re
 
