@@ -9,8 +9,10 @@ and across bases pretrained for longer.
 
 Every method trains through the same loop (tuning.tune) for the same steps and batch size; its learning
 rate is picked from a small grid on val (seed 0, all the data), then used for every seed and size.
-Scores: loss on the val completions (nats per token); on test, BLEU-4 of greedy decodings of the MRs
-(E2E) or accuracy and macro-F1 of the likelier label (SST-2: the labels of task_dir/meta.json); and
+Scores: loss on the val completions (nats per token); on test, greedy decodings of the MRs scored by
+E2E's five metrics (BLEU-4, NIST, METEOR, ROUGE-L, CIDEr: prefixgpt/nlg_metrics.py) and the facts they
+carry (facts %, names %: prefixgpt/facts.py), with Li & Liang's numbers printed beside the table (E2E),
+or accuracy and macro-F1 of the likelier label (SST-2: the labels of task_dir/meta.json); and
 forgetting: the tuned model's loss on the pretraining corpus's val split beside the base's. A prefix,
 removed, leaves the base exactly as it was, so its forgetting is measured on the base itself.
 "fewshot" trains nothing: a description of the task and as many demonstrations as fit the context, in
@@ -69,11 +71,12 @@ from prefixgpt import metrics  # noqa: E402
 from prefixgpt.checkpoint import load_model, weights_fingerprint  # noqa: E402
 from prefixgpt.cli import main_guard, one_line, parse, setting  # noqa: E402
 from prefixgpt.methods import METHODS, attach  # noqa: E402
+from prefixgpt.nlg_metrics import LI_LIANG_E2E  # noqa: E402
 from prefixgpt.metrics import mean_std  # noqa: E402
 from prefixgpt.optim import make_adamw  # noqa: E402
 from prefixgpt.runlog import CellLog, fmt_time  # noqa: E402
 from prefixgpt.runtime import DEVICE_PATTERN, setup_runtime  # noqa: E402
-from prefixgpt.scoring import bleu_on_rows, classify, full_split_loss, label_candidates, task_loss  # noqa: E402
+from prefixgpt.scoring import classify, e2e_on_rows, full_split_loss, label_candidates, task_loss  # noqa: E402
 from prefixgpt.tuning import TuneConfig, make_prefix, tune  # noqa: E402
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
@@ -85,7 +88,8 @@ DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt 
     "sst2": "Say whether each movie review is positive or negative.\n",
 }
 INIT_TEXT = {"e2e": "name eatType food area near", "sst2": "the movie review is positive or negative"}   # --init=text
-SCORES = {"e2e": {"bleu": "BLEU-4"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
+SCORES = {"e2e": {"bleu": "BLEU-4", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
+                  "facts": "facts %", "names": "names %"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
 
 
 @dataclass
@@ -184,10 +188,11 @@ def check_bases(paths: list[str], tokenizer: str) -> dict[str, str]:
 
 
 def test_scores(cfg, b: Base, model, prefix, candidates=None) -> dict:
-    """The task's test columns: BLEU-4 of greedy decodings (E2E), or accuracy and macro-F1 of the likelier
-    label (classification; candidates: the test rows' candidates, b's unless given)."""
+    """The task's test columns: E2E's five scores of greedy decodings and the facts they carry (E2E), or
+    accuracy and macro-F1 of the likelier label (classification; candidates: the test rows' candidates,
+    b's unless given)."""
     if not b.data["labels"]:
-        return {"bleu": bleu_on_rows(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)}
+        return e2e_on_rows(model, b.tokenizer, prefix, b.data["test"], cfg.test_prompts)
     scores = classify(model, prefix, candidates or b.data["candidates"], b.data["y_true"])
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
 
@@ -204,8 +209,7 @@ def fewshot_cell(cfg, b: Base, t0: float) -> dict:
         test_heads = fewshot_heads(longest, rounds, description, eot, room)[0]
         scores = test_scores(cfg, b, b.model, None, [with_heads(c, test_heads) for c in cands])
     else:   # a decoding needs room to answer: only the description goes in front of a test MR
-        scores = {"bleu": bleu_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts,
-                                       DESCRIPTIONS[cfg.task])}
+        scores = e2e_on_rows(b.model, b.tokenizer, None, b.data["test"], cfg.test_prompts, DESCRIPTIONS[cfg.task])
     return {"val_loss": task_loss(b.model, None, with_heads(b.data["val"], heads)), "trainable": 0, "percent": 0.0,
             "shots": max(ks), **scores, "forgetting": b.data["corpus_base"], "seconds": time.time() - t0}
 
@@ -266,7 +270,7 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
         results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,
                      "method": method, "lr": lr, "seed": seed, "size": size, "n_prefix": p, **row})
         r = results.rows[key]
-        scores = " | ".join(f"{name} {'n/a' if r[k] is None else round(r[k], 3)}"
+        scores = " | ".join(f"{name} {'n/a' if r.get(k) is None else round(r[k], 3)}"
                             for k, name in SCORES[cfg.task].items())
         print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss {r['val_loss']:.4f} "
               f"| {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
@@ -353,12 +357,12 @@ def table(rows, base_val, base_corpus, base_scores, columns: dict) -> str:
     lines = [f"| method | trainable parameters | val loss | {' | '.join(columns.values())} | "
              "forgetting: corpus val loss | seconds a run |", "|---|---|---|" + "---|" * len(columns) + "---|---|",
              f"| base alone | 0 | {base_val:.3f} | "
-             + "".join(f"{'n/a' if base_scores[k] is None else f'{base_scores[k]:.3f}'} | " for k in columns)
+             + "".join(f"{'n/a' if base_scores.get(k) is None else f'{base_scores[k]:.3f}'} | " for k in columns)
              + f"{base_corpus:.3f} | |"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         params = mine[0]["trainable"]
-        scores = "".join(f"{mean_std([r[k] for r in mine])} | " for k in columns)
+        scores = "".join(f"{mean_std([r.get(k) for r in mine])} | " for k in columns)   # a row cached before a column: n/a
         lines.append(f"| {method}{' (k=%d)' % mine[0]['shots'] if method == 'fewshot' else ''} | {params:,} "
                      f"({mine[0]['percent']:.2f}%) | {mean_std([r['val_loss'] for r in mine])} | {scores}"
                      f"{mean_std([r['forgetting'] for r in mine])} | {statistics.mean(r['seconds'] for r in mine):.1f} |")
@@ -491,6 +495,11 @@ def main(argv):
     rows, sweep = grid(cfg, rt, b, results, t0, cfg.sizes, cfg.p_sweep)
     md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
                SCORES[cfg.task])
+    if cfg.task == "e2e":   # the paper's table, for scale: another model, another test set
+        md += ("\n\nLi & Liang (GPT-2 medium, E2E's official test; their numbers, not these): prefix "
+               + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; fine-tuning "
+               + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["fine-tuning"].items())
+               + ". METEOR here is a variant without synonyms (prefixgpt/nlg_metrics.py).")
     everything = [r for r in rows if r["size"] == 0]
     if any(r["method"] == "ft" for r in everything):
         shares = {m: gaps_per_seed(everything, m, b.data["val_base"]) for m in dict.fromkeys(r["method"] for r in everything)

@@ -5,7 +5,7 @@ scoring.py — the numbers every script reports, computed one way: losses, compl
     task_loss(model, prefix, examples)                              # tuning: completion tokens only
     complete(model, tokenizer, prefixes, prompts)                   # greedy (mixed batches) or beam search
     generation_scores(...), classification_scores(...)              # E2E's five scores, facts; accuracy, macro-F1
-    bleu_on_rows(model, tokenizer, prefix, rows, n)                 # BLEU-4, rows in hand
+    e2e_on_rows(model, tokenizer, prefix, rows, n)                  # the five scores and facts, rows in hand
     classify(model, prefix, *label_candidates(tokenizer, rows, labels, where))   # the same, rows in hand
 
 A `prefix` argument is a prefix module (PrefixTuning, PromptTuning) or None for the base alone. Every
@@ -26,7 +26,7 @@ from model import prefix_length, room_after
 from prefix import batch_prefixes
 from prefixgpt.decoding import beam_search, generate, prompt_as_prefix
 from prefixgpt.facts import facts_summary, known_names_of
-from prefixgpt.metrics import accuracy, confusion_matrix, corpus_bleu, macro_f1
+from prefixgpt.metrics import accuracy, confusion_matrix, macro_f1
 from prefixgpt.nlg_metrics import e2e_scores
 
 
@@ -155,12 +155,18 @@ def decode_rows(model, rows: list[tuple], max_new_tokens: int, stop: int | None,
     return out[:, 1:].tolist()
 
 
-def bleu_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head: str = ""):
-    """Corpus BLEU-4 of greedy completions of the first n distinct prompts of rows, each against all its
-    references; None when n is 0. prompt_head (a task description) goes in front of a prompt only where
-    it leaves 32 tokens to answer in."""
+# the row keys of e2e_on_rows, each for its name in nlg_metrics.e2e_scores and in the tables
+E2E_KEYS = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+
+
+def e2e_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head: str = "") -> dict:
+    """Greedy completions of the first n distinct prompts of rows, scored against all the references of
+    each: E2E's five scores (row keys of E2E_KEYS: BLEU-4, NIST, METEOR, ROUGE-L, CIDEr) and, where the
+    prompts are MRs, facts carried and names % (facts.facts_summary). Every value None when n is 0.
+    prompt_head (a task description) goes in front of a prompt only where it leaves 32 tokens to answer in."""
+    keys = [*E2E_KEYS, "facts", "names"]
     if not n:
-        return None
+        return dict.fromkeys(keys)
     refs = {}
     for r in rows:
         refs.setdefault(r["prompt"], []).append(r["completion"].strip())
@@ -168,7 +174,11 @@ def bleu_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head
     room = model.config.block_size - 32
     heads = [prompt_head if len(tokenizer.encode(prompt_head + p)) <= room else "" for p in prompts]
     hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
-    return corpus_bleu(hyps, [refs[p] for p in prompts])
+    scores = e2e_scores(hyps, [refs[p] for p in prompts])
+    out = {key: scores[name] for key, name in E2E_KEYS.items()}
+    mrs = [j for j, p in enumerate(prompts) if prompt_fields(p)]
+    facts = facts_summary([prompts[j] for j in mrs], [hyps[j] for j in mrs], known_names_of(prompts)) if mrs else {}
+    return {**out, "facts": facts.get("facts"), "names": facts.get("names")}
 
 
 def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=160, beam=1, max_examples=0,

@@ -1,6 +1,7 @@
 """compare.py: the family side by side, end to end on a tiny base; a rerun resumes instead of redoing; SST-2's
 scores; cells keyed by base and task; the base-budget axis."""
 import json
+import re
 import sys
 from dataclasses import replace
 
@@ -44,6 +45,11 @@ def test_compare_quick_runs_every_method_and_a_rerun_skips_finished_cells(tmp_pa
     # the low-data curves and the prefix-length sweep as numbers too: sizes 50 and all, P 1 and 3
     assert "| val loss | 50 examples | all examples |" in table and "| BLEU-4 | 50 examples | all examples |" in table
     assert "| prefix length P | 1 | 3 |" in table
+    # E2E's five metrics and the facts carried, each a column, with the paper's numbers beside as theirs
+    assert "| BLEU-4 | NIST | METEOR | ROUGE-L | CIDEr | facts % | names % |" in table
+    lines = [line for line in table.splitlines() if line.startswith(("| base alone |", "| prefix |"))][:2]
+    assert all(len(re.findall(r"\| \d+\.\d+", line)) >= 9 for line in lines), lines   # no n/a in a fresh run
+    assert "Li & Liang (GPT-2 medium, E2E's official test; their numbers, not these): prefix BLEU 69.7" in table
     assert "| method | % of the gap closed |" in table and "| lora |" in table.split("% of the gap closed")[1]
     rows = [json.loads(line) for line in open(tmp_path / "cmp" / "results.jsonl")]
     runs = [r for r in rows if r["kind"] == "run"]

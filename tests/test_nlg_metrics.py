@@ -120,3 +120,25 @@ def test_facts_summary_counts_facts_names_wrong_and_added():
     assert (s["facts"], s["names"], s["wrong"], s["added"], s["outputs"]) == (50.0, 50.0, 50.0, 0.0, 2)
     with pytest.raises(ValueError, match="2 MRs but 1 outputs"):
         facts_summary(mrs, outs[:1])
+
+
+def test_e2e_on_rows_scores_the_first_n_prompts_against_all_their_references(monkeypatch):
+    """compare.py's E2E columns: greedy outputs of the first n distinct MRs, the five scores against every
+    reference of each MR, and the facts they carry; all None when no MR is decoded."""
+    from prefixgpt import scoring
+    rows = [{"prompt": "name[The Mill], eatType[pub] ||", "completion": " The Mill is a pub."},
+            {"prompt": "name[The Mill], eatType[pub] ||", "completion": " A pub: The Mill."},
+            {"prompt": "name[Zizzi], food[Italian] ||", "completion": " Zizzi serves Italian food."},
+            {"prompt": "name[Aromi], food[Thai] ||", "completion": " Aromi serves Thai food."}]
+    outputs = ["The Mill is a pub.", "The Mill serves Italian food."]     # the second names another place
+    decoded = []
+    monkeypatch.setattr(scoring, "complete", lambda model, tok, prefixes, prompts, **kw: decoded.append(prompts)
+                        or [outputs[:len(prompts)]])
+    model = type("M", (), {"config": type("C", (), {"block_size": 128})})()
+    tok = type("T", (), {"encode": staticmethod(lambda s: s.split())})()
+    got = scoring.e2e_on_rows(model, tok, None, rows, n=2)
+    assert decoded == [["name[The Mill], eatType[pub] ||", "name[Zizzi], food[Italian] ||"]]
+    want = e2e_scores(outputs, [["The Mill is a pub.", "A pub: The Mill."], ["Zizzi serves Italian food."]])
+    assert {k: got[k] for k in scoring.E2E_KEYS} == {k: want[v] for k, v in scoring.E2E_KEYS.items()}
+    assert got["names"] == 50.0 and got["facts"] == 75.0      # name + eatType; food but not the name
+    assert scoring.e2e_on_rows(model, tok, None, rows, n=0) == dict.fromkeys([*scoring.E2E_KEYS, "facts", "names"])
