@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from data.bins import load_bin
+from data.drills import copy_drills
 from data.shakespeare.prepare import fallback_corpus, prepare
 from data.tokenizer import ByteTokenizer, get_tokenizer, token_dtype
 
@@ -137,6 +138,31 @@ def test_extra_text_goes_to_train_only(tmp_path):
     cut = int(len(text) * 0.9)
     assert train_text == text[:cut] + "\nEXTRA one\nEXTRA two" and val_text == text[cut:]
     assert meta["extra_text"] == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize("vocab,eot", [(2048, 198), (256, 10)])
+def test_copy_drills_write_each_span_twice_around_a_separator_no_span_holds(vocab, eot):
+    ids = copy_drills(50, vocab, eot, seed=3)
+    assert ids == copy_drills(50, vocab, eot, seed=3) != copy_drills(50, vocab, eot, seed=4)
+    assert ids[-1] == eot
+    lines = [[int(t) for t in ln] for ln in np.split(np.array(ids[:-1]), np.flatnonzero(np.array(ids[:-1]) == eot))]
+    lines = [ln[1:] if ln and ln[0] == eot else ln for ln in lines]   # each split after the first starts at its eot
+    assert len(lines) == 50
+    sep = 255 if vocab > 512 else 31
+    for ln in lines:
+        assert ln.count(sep) == 1
+        first, second = ln[:ln.index(sep)], ln[ln.index(sep) + 1:]
+        assert first == second and 4 <= len(first) <= 12 and all(sep < t < vocab and t != eot for t in first)
+
+
+def test_copy_drills_go_to_train_only_and_meta_counts_them(tmp_path):
+    text = "To be, or not to be, that is the question.\n" * 10
+    plain = prepare(text, ByteTokenizer(), str(tmp_path / "a"))
+    meta = prepare(text, ByteTokenizer(), str(tmp_path / "b"), drills=20)
+    (a_train, a_val, _), (b_train, b_val, _) = load_bin(str(tmp_path / "a")), load_bin(str(tmp_path / "b"))
+    assert list(b_val) == list(a_val) and list(b_train[:len(a_train)]) == list(a_train)
+    assert len(b_train) == len(a_train) + 1 + len(copy_drills(20, 256, 10))
+    assert meta["copy_drills"] == 20 and "copy_drills" not in plain
 
 
 def test_prepare_refuses_an_empty_corpus(tmp_path):

@@ -174,6 +174,21 @@ def test_e2e_spaced_format_writes_it_in_prompts_and_facts(tmp_path, monkeypatch)
     assert read_lines(out / "train_facts.txt") == [f"{ex['completion'][1:]} Facts: {ex['prompt'][:-3]}" for ex in train]
 
 
+@pytest.mark.parametrize("order", ["facts-first", "both"])
+def test_facts_order_puts_the_record_before_the_prose_and_never_the_tasks_marker(tmp_path, monkeypatch, order):
+    monkeypatch.delenv("PREFIXGPT_E2E", raising=False)
+    out = tmp_path / order
+    meta = e2e.main(["--csv", write_csv(tmp_path / "pool.csv", e2e_rows(20)), "--out_dir", str(out),
+                     "--facts_order", order])
+    assert meta["facts_order"] == order
+    train = read_jsonl(out / "train.jsonl")
+    first = [f"Facts: {ex['prompt'][:-3]} In words: {ex['completion'][1:]}" for ex in train]
+    last = [f"{ex['completion'][1:]} Facts: {ex['prompt'][:-3]}" for ex in train]
+    lines = read_lines(out / "train_facts.txt")
+    assert lines == (first if order == "facts-first" else [x for pair in zip(last, first) for x in pair])
+    assert not any("||" in line for line in lines)          # the base never sees the task's own prompt
+
+
 def test_e2e_pools_repeated_csv_and_reads_env(tmp_path, monkeypatch):
     rows = e2e_rows(10)
     a = write_csv(tmp_path / "a.csv", rows[:7])
@@ -321,6 +336,7 @@ def exit_message(main, args) -> str:
     (["--seed", "1.5"], "invalid seed value"),
     (["--invented_names", "-2"], "argument --invented_names: must be 0 or more, got -2"),
     (["--invented_names", "three"], "invalid count value: 'three'"),
+    (["--facts_order", "prose-first"], "invalid choice: 'prose-first'"),
     (["--mr_format", "csv"], "invalid choice: 'csv'"),
 ])
 def test_e2e_bad_values_are_refused_where_they_are_parsed(tmp_path, monkeypatch, args, message):

@@ -17,7 +17,8 @@ Writes to --out_dir (default data/e2e):
     train_text.txt                       the train references, one per line (unlabelled text to pretrain on)
     train_facts.txt                      each train reference followed by its MR: "<ref> Facts: <mr>" (text →
                                          data, the task reversed: pretraining text that carries names
-                                         across a line; make demo pretrains on it)
+                                         across a line; make demo pretrains on it); --facts_order
+                                         facts-first: "Facts: <mr> In words: <ref>", or both
     meta.json                            where the data came from, split sizes, seed, MR format
 
 Every MR has several human references. They all get the same prompt, which is how the BLEU
@@ -177,14 +178,22 @@ def to_example(mr: str, ref: str, mr_format: str) -> dict:
     return {"prompt": f"{format_mr(mr, mr_format)} ||", "completion": f" {ref}"}
 
 
-def to_facts(mr: str, ref: str, mr_format: str) -> str:
-    """A reference, then the attributes it states: the reverse of the task (sentence → MR). A base that
-    reads these learns that a name in one part of a line comes back in another, the skill the task
-    (MR → sentence) needs, without ever seeing the task's direction or any val/test MR."""
-    return f"{ref} Facts: {format_mr(mr, mr_format)}\n"
+FACTS_ORDERS = ("text-first", "facts-first", "both")
 
 
-def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str) -> dict:
+def to_facts(mr: str, ref: str, mr_format: str, order: str = "text-first") -> str:
+    """A reference and the attributes it states, as pretraining text. text-first, "<ref> Facts: <mr>", is
+    the reverse of the task (sentence → MR): a base that reads it learns that a name in one part of a
+    line comes back in another, without ever seeing the task's direction. facts-first, "Facts: <mr> In
+    words: <ref>", is the record before the prose: there the name in the sentence can only be copied,
+    never guessed, which is the skill the task needs; its markers are not the task's " ||", so the base
+    alone still does not answer a prompt. both: one line of each. Train rows only, never val or test."""
+    facts = format_mr(mr, mr_format)
+    lines = {"text-first": [f"{ref} Facts: {facts}\n"], "facts-first": [f"Facts: {facts} In words: {ref}\n"]}
+    return "".join(lines["text-first"] * (order != "facts-first") + lines["facts-first"] * (order != "text-first"))
+
+
+def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str, facts_order: str = "text-first") -> dict:
     """Write <split>.jsonl, train_text.txt, train_facts.txt and meta.json, the MRs in mr_format; returns
     meta with the split sizes and the format added."""
     os.makedirs(out_dir, exist_ok=True)
@@ -197,7 +206,7 @@ def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str
     # only train text: pretraining on val/test references would leak the answers into the base model
     write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
     write_atomic(os.path.join(out_dir, "train_facts.txt"),
-                 "".join(to_facts(mr, ref, mr_format) for mr, ref in splits["train"]))
+                 "".join(to_facts(mr, ref, mr_format, facts_order) for mr, ref in splits["train"]))
     write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
@@ -225,6 +234,9 @@ def main(argv=None) -> dict:
     p.add_argument("--invented_names", type=count, default=0, metavar="COPIES",
                    help="add COPIES of every train line (train.jsonl and the Facts lines) with its name and near "
                         "replaced by invented names (with_invented_names); 0, the default, adds none")
+    p.add_argument("--facts_order", choices=FACTS_ORDERS, default="text-first",
+                   help="train_facts.txt: text-first '<ref> Facts: <mr>' (the default), facts-first "
+                        "'Facts: <mr> In words: <ref>', or both (to_facts)")
     p.add_argument("--mr_format", choices=MR_FORMATS, default="brackets",
                    help="how the model reads an MR: brackets 'name[X], area[Y]' (the CSV's own, the default), or "
                         "spaced 'name : X | area : Y' (Li & Liang's); data/e2e/mr.py says what each does")
@@ -246,7 +258,9 @@ def main(argv=None) -> dict:
     if invented:   # after the split: val and test keep their real names, and their sizes
         splits["train"] = splits["train"] + invented
         meta["invented_names"] = args.invented_names
-    meta = write_task(splits, args.out_dir, meta, args.mr_format)
+    if args.facts_order != "text-first":
+        meta["facts_order"] = args.facts_order
+    meta = write_task(splits, args.out_dir, meta, args.mr_format, args.facts_order)
     if invented:   # the names a reader asks about are the real ones; the invented are counted
         meta["splits"]["train"].update(names=real_names, invented_lines=len(invented))
         write_json(os.path.join(args.out_dir, "meta.json"), meta)

@@ -29,7 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.checks import Parser, decode_utf8, fraction, tokenizer_name, url  # noqa: E402
+from data.checks import Parser, count, decode_utf8, fraction, tokenizer_name, url  # noqa: E402
+from data.drills import copy_drills  # noqa: E402
 from data.files import download_once, write_atomic, write_json  # noqa: E402
 from data.tokenizer import get_tokenizer, token_dtype  # noqa: E402
 
@@ -79,9 +80,10 @@ def write_ids(path: str, ids: list[int], dtype):
 
 
 def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra_texts=(),
-            source: str = "text", extra_names=()) -> dict:
-    """Split `text` (first 1-val_fraction train, rest val), append extra_texts to train, tokenize,
-    write train.bin / val.bin / meta.json into out_dir. Returns the metadata written to meta.json."""
+            source: str = "text", extra_names=(), drills: int = 0) -> dict:
+    """Split `text` (first 1-val_fraction train, rest val), append extra_texts (and `drills` copy drills)
+    to train, tokenize, write train.bin / val.bin / meta.json into out_dir. Returns the metadata written
+    to meta.json."""
     if not text.strip():
         raise ValueError(f"the corpus from {source} is empty: pass a non-empty --input file")
     if not 0 < val_fraction < 1:
@@ -94,14 +96,17 @@ def prepare(text: str, tokenizer, out_dir: str, val_fraction: float = 0.1, extra
     for extra in extra_texts:
         train_text += "\n" + extra  # newline: the extra text starts a line, not the middle of a word
     train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    bytes_per_token = round(len(train_text.encode("utf-8")) / max(len(train_ids), 1), 3)   # of the text alone
+    if drills:   # after the text, as whole lines; val stays the corpus's own text
+        train_ids = list(train_ids) + [tokenizer.eot_token] + copy_drills(drills, tokenizer.vocab_size, tokenizer.eot_token)
     dtype = token_dtype(tokenizer.vocab_size)
     os.makedirs(out_dir, exist_ok=True)
     write_ids(os.path.join(out_dir, "train.bin"), train_ids, dtype)
     write_ids(os.path.join(out_dir, "val.bin"), val_ids, dtype)
     meta = {"tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "dtype": np.dtype(dtype).name,
             "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-            "bytes_per_token": round(len(train_text.encode("utf-8")) / max(len(train_ids), 1), 3), "source": source,
-            "extra_text": list(extra_names)}
+            "bytes_per_token": bytes_per_token, "source": source,
+            "extra_text": list(extra_names), **({"copy_drills": drills} if drills else {})}
     write_json(os.path.join(out_dir, "meta.json"), meta)  # last: marks "done"
     return meta
 
@@ -118,18 +123,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--extra_text", action="append", default=[], metavar="FILE",
                     help="unlabelled text file appended to train only (repeatable)")
     ap.add_argument("--val_fraction", type=fraction, default=0.1, help="the end of the text kept as val")
+    ap.add_argument("--copy_drills", type=count, default=0, metavar="N",
+                    help="append N lines of a random token span written twice to train (copy_drills); 0: none")
     args = ap.parse_args(argv)
     out_dir = args.out_dir or ("data/shakespeare" if args.tokenizer == "byte" else f"data/shakespeare_{args.tokenizer}")
     extra_texts = [read_text(p, "--extra_text") for p in args.extra_text]  # every file read before a slow download
     try:
         tokenizer = get_tokenizer(args.tokenizer)
         text, source = read_source(args.input, out_dir, args.url)
-        meta = prepare(text, tokenizer, out_dir, args.val_fraction, extra_texts, source, args.extra_text)
+        meta = prepare(text, tokenizer, out_dir, args.val_fraction, extra_texts, source, args.extra_text,
+                       args.copy_drills)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     print(f"{out_dir}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['bytes_per_token']:.2f} bytes a token) from {source}"
-          + (f" + {', '.join(args.extra_text)} (train only)" if args.extra_text else ""))
+          + (f" + {', '.join(args.extra_text)} (train only)" if args.extra_text else "")
+          + (f" + {args.copy_drills:,} copy drills (train only)" if args.copy_drills else ""))
     return meta
 
 
