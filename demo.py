@@ -2,11 +2,12 @@
 demo.py — the main job, end to end on a CPU in minutes (`make demo` runs it): one frozen base model,
 three tasks, a small prefix for each, and full fine-tuning of the same base beside every prefix.
 
-  1. prepare the data: E2E (restaurant attributes → a sentence; the attributes as the CSV writes them,
-     "name[Alimentum], area[riverside]", or Li & Liang's "name : Alimentum | area : riverside" with
-     --mr_format=spaced) and SST-2 (movie-review sentences)
+  1. prepare the data: E2E (restaurant attributes → a sentence; the attributes in Li & Liang's form,
+     "name : Alimentum | area : riverside", or as the CSV writes them, "name[Alimentum], area[riverside]",
+     with --mr_format=brackets), each train line also 10 times under invented names (--invented_names),
+     and SST-2 (movie-review sentences)
   2. prepare the pretraining corpus: Tiny Shakespeare, SST-2's train sentences *without* labels, and
-     E2E's train sentences each followed by its attributes ("<sentence> Facts: name[...], ...": text →
+     E2E's train sentences each followed by its attributes ("<sentence> Facts: name : ... | ...": text →
      data, the reverse of the task, so the base learns to carry names across a line), in tokens of
      GPT-2's first 2048 (--tokenizer=gpt2_2048, the default: ~2.6 bytes a token; --tokenizer=byte for bytes)
   3. pretrain a small GPT                                                  (train.py)
@@ -21,7 +22,7 @@ three tasks, a small prefix for each, and full fine-tuning of the same base besi
 
 Every step is one of the project's own commands, printed before it runs, so each can be rerun alone.
 The demo's data folders (data/e2e, data/sst2, data/demo) are rebuilt at every run. Each variant writes its
-own out_dir: out/demo, `--long` (6 × the pretraining, 400 tuning steps) out/demo_long, `--sst2` (--long's
+own out_dir: out/demo, `--long` (4 × the pretraining, 1200 tuning steps) out/demo_long, `--sst2` (--long's
 base, sentiment alone, 3200 tuning steps, seeds 0, 1, 2) out/demo_sst2, `--quick` (a check of the
 pipeline) out/demo_quick. A run rebuilds the folder of a run with the same settings, and refuses one that
 holds another run's results unless --overwrite (out_dir/demo.json says which run a folder holds).
@@ -65,20 +66,23 @@ class DemoConfig:
     pretrain_config: str = ""      # default: config/demo_pretrain.toml (config/demo_pretrain_byte.toml for bytes)
     tokenizer: str = setting("gpt2_2048", choices=("gpt2_2048", "byte"))   # of the corpus and the base
     tasks: list[str] = setting(list(TASKS), choices=tuple(TASKS))
-    pretrain_iters: int = setting(0, min=0)   # pretraining steps; 0: 400 (gpt2_2048) or 600 (byte), ~2.5 CPU minutes
-    steps: int = setting(60, min=1)           # tuning steps, the same for a prefix and for fine-tuning
+    pretrain_iters: int = setting(0, min=0)   # pretraining steps; 0: 1000 (gpt2_2048) or 600 (byte), ~2.5 CPU minutes
+    steps: int = setting(300, min=1)          # tuning steps, the same for a prefix and for fine-tuning
     sentiment_steps: int = setting(150, min=1)   # the same for sentiment, whose examples are short (a sentence
                                                  # and a word): a step costs a third of E2E's, and the answer's
                                                  # words alone take its prefix ~100 steps to learn
     seeds: list[int] = setting([1337], min=0)  # the tunings' seeds; several: every number is mean ± std over them
     base: str = ""                 # a base to tune (a train.py best.pt) instead of pretraining one
     ft_learning_rate: float = setting(1e-3, gt=0.0)   # full fine-tuning (the prefixes' rates are in their TOML)
-    facts_copies: int = setting(3, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
-    mr_format: str = setting("brackets", choices=MR_FORMATS)   # E2E's MRs: "name[X], ..." or "name : X | ..."
+    facts_copies: int = setting(1, min=0)     # copies of E2E's "<sentence> Facts: <attributes>" lines
+    mr_format: str = setting("spaced", choices=MR_FORMATS)   # E2E's MRs: "name : X | ..." or "name[X], ..."
+    # E2E train lines again under made-up names (prepare.py --invented_names), in the task and the Facts
+    # lines: with 8 names in train, memorising them is cheaper than reading the MR; with these it is not
+    invented_names: int = setting(10, min=0)
     test_prompts: int = setting(100, min=1)   # E2E test MRs decoded for BLEU (the offline test split has 55)
     test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
-    long: bool = False             # 6 × the pretraining, steps 400, test_prompts 50 (about 19 minutes)
+    long: bool = False             # 4 × the pretraining, steps 1200, sentiment 400 (about 17 minutes)
     sst2: bool = False             # SST-2 in depth: --long's base, sentiment alone, 3200 steps, seeds 0,1,2
     quick: bool = False            # a smoke run (tiny settings, meaningless numbers) to check the pipeline
     overwrite: bool = False        # let this run replace another demo run's results in out_dir
@@ -206,10 +210,10 @@ def settings(argv) -> DemoConfig:
     seen = parse(argv, cfg, prog="demo.py", description=__doc__.split("\n\n")[0])
     byte = cfg.tokenizer == "byte"
     cfg.pretrain_config = cfg.pretrain_config or f"config/demo_pretrain{'_byte' if byte else ''}.toml"
-    cfg.pretrain_iters = cfg.pretrain_iters or (600 if byte else 400)
-    if cfg.long or cfg.sst2:   # 6 × the pretraining, 400 tuning steps a task, except what was set explicitly
-        cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=6 * cfg.pretrain_iters, steps=400,
-                                                    sentiment_steps=400, test_prompts=50).items() if k not in seen})
+    cfg.pretrain_iters = cfg.pretrain_iters or (600 if byte else 1000)
+    if cfg.long or cfg.sst2:   # 4 × the pretraining, 1200 tuning steps a task, except what was set explicitly
+        cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=4 * cfg.pretrain_iters, steps=1200,
+                                                    sentiment_steps=400).items() if k not in seen})
     if cfg.sst2:   # the in-domain SST-2 run: the prefix's decision is slow to learn, so 8 × --long's steps
         cfg = replace(cfg, **{k: v for k, v in dict(tasks=["sentiment"], sentiment_steps=3200, seeds=[0, 1, 2],
                                                     ).items() if k not in seen})
@@ -246,7 +250,8 @@ def main(argv):
     limit = ["--max_examples=5"] if cfg.quick else []
 
     e2e, sst2, corpus = f"{cfg.data_dir}/e2e", f"{cfg.data_dir}/sst2", f"{cfg.data_dir}/demo"
-    run([py, "data/e2e/prepare.py", "--out_dir", e2e, "--mr_format", cfg.mr_format])
+    run([py, "data/e2e/prepare.py", "--out_dir", e2e, "--mr_format", cfg.mr_format]
+        + (["--invented_names", str(cfg.invented_names)] if cfg.invented_names else []))
     run([py, "data/sst2/prepare.py", "--out_dir", sst2])
     base = cfg.base or f"{out}/base/best.pt"
     if not cfg.base:   # pretrain the base on its corpus

@@ -4,7 +4,7 @@ unseen-name test split, and sentiment accuracy against the commonest label, as t
 steps and the prefix's tuning steps grow (make demo's recipe at every point, fine-tuning beside it).
 
     make demo                                   # prepares data/e2e, data/sst2 and the corpus data/demo
-    python experiments/steps_curve.py           # about an hour on 2 CPU cores; out/steps_curve/curve.png
+    python experiments/steps_curve.py           # 1-2 hours on 2 CPU cores; out/steps_curve/curve.png
 
 Two sweeps, one seed each (--seed):
   tuning      one base pretrained for --base_steps; a prefix and a fine-tuned copy for each --tune_steps
@@ -38,9 +38,9 @@ class CurveConfig:
     data_dir: str = "data"                     # data_dir/e2e and data_dir/sst2, as make demo prepares them
     corpus: str = "data/demo"                  # the pretraining corpus make demo prepares
     pretrain_config: str = "config/demo_pretrain.toml"
-    base_steps: int = setting(400, min=1)      # the tuning sweep's base: make demo's
+    base_steps: int = setting(1000, min=1)     # the tuning sweep's base: make demo's
     tune_steps: list[int] = setting([60, 150, 300, 600, 1200], min=1)
-    pretrain_steps: list[int] = setting([200, 400, 800, 1600], min=1)
+    pretrain_steps: list[int] = setting([250, 500, 1000, 2000], min=1)
     at_tune_steps: int = setting(300, min=1)   # the pretraining sweep's tuning steps
     tasks: list[str] = setting(list(TASKS), choices=tuple(TASKS))
     ft_learning_rate: float = setting(1e-3, gt=0)

@@ -3,6 +3,7 @@ tuning an existing base (no corpus, no pretraining) over two seeds, end to end i
 local data, its table in mean ± std (metrics.mean_std)."""
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -19,13 +20,13 @@ from prefixgpt.cli import UsageError
 
 def test_sst2_and_long_set_their_runs_except_what_was_given():
     default, long, sst2 = demo.settings([]), demo.settings(["--long"]), demo.settings(["--sst2"])
-    assert (default.pretrain_iters, default.steps, default.sentiment_steps, default.seeds) == (400, 60, 150, [1337])
-    assert (default.mr_format, default.test_prompts) == ("brackets", 100)   # 100: every MR of the offline test split
-    assert (long.pretrain_iters, long.steps, long.sentiment_steps, long.test_prompts) == (2400, 400, 400, 50)
+    assert (default.pretrain_iters, default.steps, default.sentiment_steps, default.seeds) == (1000, 300, 150, [1337])
+    assert (default.mr_format, default.invented_names, default.facts_copies, default.test_prompts) == ("spaced", 10, 1, 100)
+    assert (long.pretrain_iters, long.steps, long.sentiment_steps, long.test_prompts) == (4000, 1200, 400, 100)
     assert (sst2.pretrain_iters, sst2.tasks, sst2.sentiment_steps, sst2.seeds, sst2.out_dir) == (
-        2400, ["sentiment"], 3200, [0, 1, 2], "out/demo_sst2")
+        4000, ["sentiment"], 3200, [0, 1, 2], "out/demo_sst2")
     mine = demo.settings(["--sst2", "--seeds=7", "--sentiment_steps=50", "--out_dir=elsewhere"])
-    assert (mine.seeds, mine.sentiment_steps, mine.out_dir, mine.pretrain_iters) == ([7], 50, "elsewhere", 2400)
+    assert (mine.seeds, mine.sentiment_steps, mine.out_dir, mine.pretrain_iters) == ([7], 50, "elsewhere", 4000)
 
 
 def test_each_variant_has_its_own_folder_and_none_replaces_another_s_results(tmp_path, monkeypatch):
@@ -42,7 +43,7 @@ def test_each_variant_has_its_own_folder_and_none_replaces_another_s_results(tmp
     (out / "e2e_prefix").mkdir()
     (out / "e2e_prefix" / "prefix.pt").write_bytes(b"make demo's prefix")
     ran.clear()
-    with pytest.raises(UsageError, match=r"holds another demo run's results \(--pretrain_iters=400, --steps=60"):
+    with pytest.raises(UsageError, match=r"holds another demo run's results \(--pretrain_iters=1000, --steps=300"):
         demo.main([f"--out_dir={out}", "--long"])
     assert ran == [] and (out / "e2e_prefix" / "prefix.pt").read_bytes() == b"make demo's prefix"
     with pytest.raises(SystemExit, match="stop"):           # the same settings again: its own folder, rebuilt
@@ -140,11 +141,13 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
     save_checkpoint(str(base), GPT(GPTConfig(block_size=160, vocab_size=256, n_layer=1, n_head=2, n_embd=16)), "byte")
     env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}
     res = subprocess.run([sys.executable, "demo.py", "--quick", f"--base={base}", "--tasks=sentiment", "--seeds=0,1",
-                          f"--out_dir={tmp_path}/out", f"--data_dir={tmp_path}/data", "--mr_format=spaced"],
+                          f"--out_dir={tmp_path}/out", f"--data_dir={tmp_path}/data", "--mr_format=brackets",
+                          "--invented_names=2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     assert "train.py" not in res.stdout and not (tmp_path / "data" / "demo").exists()   # nothing pretrained
-    assert '"mr_format": "spaced"' in (tmp_path / "data" / "e2e" / "meta.json").read_text()   # passed to prepare.py
+    e2e_meta = json.loads((tmp_path / "data" / "e2e" / "meta.json").read_text())
+    assert (e2e_meta["mr_format"], e2e_meta["invented_names"]) == ("brackets", 2)   # passed to prepare.py
     for seed in (0, 1):
         assert (tmp_path / "out" / f"sentiment_prefix_s{seed}" / "prefix.pt").is_file()
         assert (tmp_path / "out" / f"sentiment_ft_s{seed}" / "model.pt").is_file()
