@@ -138,7 +138,7 @@ def generation_report(completions: list[dict], test: str) -> dict:
     facts = facts_summary([c["prompt"] for c in rows], [c["completion"] for c in rows],
                           known_names_of(list(refs)))
     return {"test": scores["BLEU"], **scores, "facts": facts["facts"], "names": facts["names"],
-            "wrong": facts["wrong"], "added": facts["added"]}
+            "wrong": facts["wrong"], "added": facts["added"], "by_attribute": facts["by_attribute"]}
 
 
 def verdict(row: dict) -> str:
@@ -195,6 +195,10 @@ def results_table(rows: list[dict], seeds: list[int]) -> str:
             lines.append(f"{r['task']}, what the outputs say (prefixgpt/facts.py), base / prefix / FT: facts carried "
                          f"{trio('facts', 0, '%')} | names the restaurant {trio('names', 0, '%')} | facts stated "
                          f"wrongly {trio('wrong', 0, '%')} | invented facts per output {trio('added', 0, '%')}")
+            by = [s[0].get("by_attribute") for s in r["test"]]   # the prefix's, per seed
+            if all(by):
+                lines.append(f"{r['task']}, the prefix's facts stated by attribute: " + ", ".join(
+                    f"{k} {mean_std([b.get(k) for b in by], 0, one_bare=True)}%" for k in by[0]))
             lines.append("  (Li & Liang, GPT-2 medium on E2E's official test, their numbers, not these: prefix "
                          + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; METEOR here is a "
                          "variant without synonyms)")

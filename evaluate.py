@@ -110,6 +110,9 @@ def main(argv):
                 line += (f" | facts carried {facts['facts']:.1f}% | names {facts['names']:.1f}% "
                          f"| wrong {facts['wrong']:.1f}% | added {facts['added']:.1f}% a line")
             print(f"  {name:{width}}  {line}")
+            if facts:
+                print(f"  {'':{width}}  facts stated, by attribute: " + ", ".join(
+                    f"{k} {v:.0f}%" for k, v in facts["by_attribute"].items()))
         if any(res["facts"]):
             print("  (Li & Liang, GPT-2 medium, E2E's official test, their numbers: prefix "
                   + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; fine-tuning "

@@ -30,6 +30,7 @@ way no list foresaw, counts as missing. The check is a lower bound on what a sen
 reader; the human references, checked the same way, state about 9 in 10 of their MRs' attributes.
 """
 import re
+from collections import Counter
 
 from data.e2e.mr import prompt_fields
 
@@ -134,19 +135,25 @@ def check_facts(mr: str, output: str, known_names: set[str] = frozenset()) -> di
 
 def facts_summary(mrs: list[str], outputs: list[str], known_names: set[str] = frozenset()) -> dict[str, float]:
     """Over a set of outputs, in %: facts carried (stated / the MRs' judged attributes), names (outputs
-    that state the MR's name), wrong (stated wrongly / attributes) and added (invented facts per output)."""
+    that state the MR's name), wrong (stated wrongly / attributes), added (invented facts per output),
+    and by_attribute: for each attribute the MRs hold, the share of them stated (name and near are the
+    two an output can only copy; the rest come from a closed set of values)."""
     if len(mrs) != len(outputs):
         raise ValueError(f"{len(mrs)} MRs but {len(outputs)} outputs")
     stated = total = names = named = wrong = added = 0
+    judged_by, stated_by = Counter(), Counter()
     for mr, out in zip(mrs, outputs):
         r = check_facts(mr, out, known_names)
         judged = len(r["stated"]) + len(r["missing"]) + len(r["wrong"])
         stated, total, wrong, added = stated + len(r["stated"]), total + judged, wrong + len(r["wrong"]), added + len(r["added"])
+        judged_by.update(r["stated"] + r["missing"] + r["wrong"])
+        stated_by.update(r["stated"])
         if any(k == "name" for k, _ in prompt_fields(mr)):
             names, named = names + 1, named + ("name" in r["stated"])
     pct = lambda a, b: 100 * a / b if b else 0.0  # noqa: E731
     return {"facts": pct(stated, total), "names": pct(named, names), "wrong": pct(wrong, total),
-            "added": pct(added, len(mrs)), "outputs": len(mrs)}
+            "added": pct(added, len(mrs)), "outputs": len(mrs),
+            "by_attribute": {k: pct(stated_by[k], n) for k, n in judged_by.most_common()}}
 
 
 def known_names_of(mrs: list[str]) -> set[str]:

@@ -74,7 +74,8 @@ def test_gap_closed_is_measured_on_the_test_measure_and_a_row_that_fails_says_so
     a generation prefix that does not beat the base alone on BLEU says so in the table."""
     good = row("e2e", "BLEU-4", 10.0, 30.0, 40.0, **{k: (1, 2, 3) for k in
                                                   ("BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "facts", "names",
-                                                   "wrong", "added")})
+                                                   "wrong", "added")},
+               by_attribute=({}, {"name": 0.0, "food": 90.0}, {"name": 0.0, "food": 95.0}))
     chance = row("sentiment", "accuracy", 50.9, 50.9, 80.0, accuracy=(50.9, 50.9, 80.0), label_loss=(4.3, 0.70, 0.6),
                  majority=50.9)
     worse = row("review", "test loss", 4.0, 4.2, 3.5)
@@ -88,6 +89,7 @@ def test_gap_closed_is_measured_on_the_test_measure_and_a_row_that_fails_says_so
     assert "sentiment: NO BETTER THAN CHANCE: prefix accuracy 50.9% vs 50.9%" in table
     assert "review: BELOW THE BASE on test loss" in table and "e2e: BELOW" not in table
     assert "facts carried 1% / 2% / 3%" in table and "CIDEr 1.000 / 2.000 / 3.000" in table
+    assert "e2e, the prefix's facts stated by attribute: name 0%, food 90%" in table
     assert demo.verdict(good) == "" and demo.verdict(row("s", "accuracy", 50, 70, 80, accuracy=(50, 70, 80),
                                                          majority=50.0)) == ""
 

@@ -189,6 +189,7 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
     for measure in ("BLEU-4", "NIST", "METEOR", "ROUGE-L", "CIDEr", "facts carried", "names", "wrong", "added"):
         assert re.search(rf"prefix.pt .*{measure} \d", res.stdout), (measure, res.stdout)
     assert "Li & Liang" in res.stdout and "their numbers" in res.stdout
+    assert re.search(r"facts stated, by attribute: name \d+%", res.stdout), res.stdout   # the MRs' names first
     # several prefixes and the base in one greedy run: a line per (prefix, prompt), a BLEU per prefix,
     # and each prefix's completions are those it gives when evaluated alone
     finetune(setup, tmp_path / "q", "--max_iters=10", "--method=prompt")

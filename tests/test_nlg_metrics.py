@@ -118,6 +118,7 @@ def test_facts_summary_counts_facts_names_wrong_and_added():
     outs = ["A B serves Italian food.", "A B serves Italian food."]        # the second: wrong name, wrong food
     s = facts_summary(mrs, outs, known_names_of(mrs))
     assert (s["facts"], s["names"], s["wrong"], s["added"], s["outputs"]) == (50.0, 50.0, 50.0, 0.0, 2)
+    assert s["by_attribute"] == {"name": 50.0, "food": 50.0}
     with pytest.raises(ValueError, match="2 MRs but 1 outputs"):
         facts_summary(mrs, outs[:1])
 
