@@ -14,9 +14,10 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 OUT         ?= out/demo
 TORCH_INDEX ?=
+TASKS       ?= A1
 PIP_INDEX   := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: setup setup-dev test test-fast demo clean
+.PHONY: setup setup-dev test test-fast demo autograder clean
 
 # pip compiles every module it installs to bytecode, and torch has thousands: 58 s of a 2-core machine's set-up
 # against 24 s without (--no-compile). The scripts import about a third of those modules, so they are
@@ -48,6 +49,10 @@ test-fast: setup-dev
 
 demo: setup
 	$(PY) demo.py --out_dir=$(OUT)
+
+# a Gradescope autograder for the course's tasks: make autograder TASKS=A1,A2 (course/make_autograder.py)
+autograder: setup
+	$(PY) course/make_autograder.py --tasks $(TASKS) --out autograder.zip
 
 clean:
 	rm -rf out

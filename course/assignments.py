@@ -42,8 +42,13 @@ BUILDS_ON = {"A1": (), "A2": ("A1",), "A3": ("A1",), "A4": ("A1",), "A5": ("A1",
 TEST_FILES = ("tests/test_assignments.py", "tests/test_model.py", "tests/test_prefix.py", "tests/test_cache.py",
               "tests/test_finetune.py", "tests/test_methods.py", "tests/test_metrics.py")
 # left out of a student copy: what writes the reference outputs, the teacher's own tests, the copier itself
-SOLUTION_ONLY = ("course/make_assignment.py", "tests/make_references.py", "tests/test_teacher.py")
+SOLUTION_ONLY = ("course/make_assignment.py", "course/make_autograder.py", "tests/make_references.py",
+                 "tests/test_teacher.py", "tests/test_autograder.py")
 ASSIGNMENT_FILE = "assignment.json"   # written into a copy: the tasks it was made for (grade.py's default)
+# what the autograder puts back over a submission before grading, from the teacher's tree: every file that
+# decides a grade (the graded tests, their fixtures and references, pytest's settings, the grader itself)
+TEACHER_FILES = TEST_FILES + ("tests/conftest.py", "tests/reference/assignments.npz", "pytest.ini",
+                              "course/assignments.py", "course/grade.py")
 
 BEGIN = re.compile(r"(?P<indent> *)# BEGIN SOLUTION (?P<id>(?P<task>A\d+)\.\d+): (?P<hint>\S.*)")
 END = re.compile(r" *# END SOLUTION")
@@ -368,3 +373,56 @@ def trace_regions(root: str) -> dict:
     outcomes = run_tests(root, list(POINTS), plugins=[tracer])
     return {n: {"task": t, "regions": sorted(tracer.hits.get(n, ())), "passed": n in outcomes.passed and
                 n not in outcomes.reason} for n, t in outcomes.task_of.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The Gradescope autograder (make_autograder.py builds it; course/gradescope_run.py runs inside it)
+
+GRADESCOPE_RUNNER = "course/gradescope_run.py"
+
+
+def gradescope_results(report: dict) -> dict:
+    """grade.py's report in Gradescope's results.json format: the score, and a test entry per task with
+    its points, its maximum and, where tests failed, which and why."""
+    tests = []
+    for t, r in report["tasks"].items():
+        lines = [f"{r['passed']} passed, {r['failed']} failed"] + [f"{f['test']}: {f['reason']}" for f in r["failures"]]
+        tests.append({"name": f"{t}: {r['title']}", "score": r["points"], "max_score": r["max"],
+                      "output": "\n".join(lines), "visibility": "visible"})
+    out = {"score": report["total"], "tests": tests, "visibility": "visible"}
+    if report.get("errors"):
+        out["output"] = "\n".join(f"error: {e}" for e in report["errors"])
+    return out
+
+
+def build_autograder(root: str, out_zip: str, tasks) -> list[str]:
+    """Write a Gradescope autograder zip for these tasks: setup.sh (the runtime requirements), run_autograder
+    (which runs course/gradescope_run.py), and teacher/, the teacher's copy of every file in TEACHER_FILES
+    and the task list. Returns the zip's names. Refuses an existing out_zip."""
+    import zipfile
+    if os.path.exists(out_zip):
+        raise AssignmentError(f"{out_zip} exists: remove it or give another --out")
+    missing = [f for f in (*TEACHER_FILES, GRADESCOPE_RUNNER, "requirements.txt") if not os.path.isfile(os.path.join(root, f))]
+    if missing:
+        raise AssignmentError(f"{missing[0]} is missing from {root}: build the autograder from the solution repository")
+    setup = ("#!/usr/bin/env bash\n# Gradescope runs this once, when it builds the image\nset -euo pipefail\n"
+             "apt-get install -y python3 python3-pip >/dev/null 2>&1 || true\n"
+             "python3 -m pip install -r /autograder/source/requirements.txt pytest\n")
+    run = ("#!/usr/bin/env bash\n# Gradescope runs this for every submission (as /autograder/run_autograder); "
+           "AUTOGRADER_ROOT\n# (default /autograder) and PYTHON (default python3) let a test run it elsewhere\n"
+           "set -euo pipefail\nexec \"${PYTHON:-python3}\" \"${AUTOGRADER_ROOT:-/autograder}/source/gradescope_run.py\"\n")
+    tmp = out_zip + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, text in (("setup.sh", setup), ("run_autograder", run)):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o755 << 16   # executable, as Gradescope needs
+            z.writestr(info, text)
+        z.write(os.path.join(root, GRADESCOPE_RUNNER), "gradescope_run.py")
+        z.write(os.path.join(root, "requirements.txt"), "requirements.txt")
+        for f in TEACHER_FILES:
+            z.write(os.path.join(root, f), f"teacher/{f}")
+        z.writestr(f"teacher/{ASSIGNMENT_FILE}", json.dumps({"tasks": list(tasks)}) + "\n")
+        names = z.namelist()
+    os.replace(tmp, out_zip)
+    return names
+

@@ -3,14 +3,15 @@ grade.py — grade the course assignments: run each task's tests (pytest markers
 
     python course/grade.py                  # the tasks this copy was made for (assignment.json), or all of them
     python course/grade.py --tasks A2,A8    # these tasks only
-    python course/grade.py --json           # one JSON object on stdout, for Gradescope or GitHub Classroom:
+    python course/grade.py --json           # one JSON object on stdout (Gradescope's results.json is made
+                                     #   from it by the autograder: course/make_autograder.py):
                                      #   {"tasks": {"A1": {"points": x, "max": y, "passed": n, "failed": m,
                                      #    "failures": [{"test": ..., "reason": ...}], ...}}, "total": ..., "max": ...}
 
 A task's points are its maximum (assignments.POINTS) times the share of its tests that passed. The tests
 run in this process, once for all the tasks asked for; with --json pytest's own lines go to stderr, so
-stdout holds the JSON alone. Exit status: 0 when every graded test passed, 1 otherwise (a bad command line
-too, after one line saying what is wrong).
+stdout holds the JSON alone. Exit status (what GitHub Classroom reads): 0 when every graded test passed, 1
+otherwise (a bad command line too, after one line saying what is wrong).
 """
 import json
 import os
