@@ -7,7 +7,8 @@ Gradescope puts the autograder's files in <root>/source, the student's files in 
 reads <root>/results/results.json; <root> is /autograder unless AUTOGRADER_ROOT says otherwise. This
 script copies the submission (the student's copy of the project, at the top of the upload or in one folder
 of it) to <root>/work, puts the teacher's files back over it (source/teacher: the graded tests, their
-references, pytest.ini, the grader and the task list), runs `course/grade.py --json` there, and writes
+references, pytest.ini, the grader and the task list; any other conftest.py, sitecustomize.py or .pth
+file is removed, since pytest or Python would load it unasked), runs `course/grade.py --json` there, and writes
 its report as results.json (course/assignments.py: gradescope_results). So a submission that edits a
 test, the grader or assignment.json is graded by the teacher's. It uses the standard library only; it
 always writes results.json, with 0 points and the reason when grading could not run.
@@ -55,6 +56,10 @@ def main() -> int:
     work = os.path.join(ROOT, "work")
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(submitted, work, ignore=SKIP)
+    for dirpath, _, files in os.walk(work):      # what pytest or Python would load on its own: only the teacher's
+        for name in files:
+            if name in ("conftest.py", "sitecustomize.py", "usercustomize.py") or name.endswith(".pth"):
+                os.remove(os.path.join(dirpath, name))
     for dirpath, _, files in os.walk(teacher):   # the teacher's files win over the submission's
         for name in files:
             rel = os.path.relpath(os.path.join(dirpath, name), teacher)

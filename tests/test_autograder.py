@@ -71,6 +71,8 @@ def test_the_autograder_gives_zero_to_a_stub_full_points_to_the_code_and_zero_to
     (stub / "tests" / "test_metrics.py").write_text("import pytest\n\n\n@pytest.mark.a8\ndef test_ok():\n    pass\n")
     (stub / "course" / "grade.py").write_text("print('{\"tasks\": {}, \"total\": 10, \"max\": 10}')\n")
     (stub / "assignment.json").write_text('{"tasks": ["A7"]}\n')
+    (stub / "conftest.py").write_text("import pytest\n\n\n@pytest.hookimpl(tryfirst=True)\n"   # every test "passes"
+                                      "def pytest_runtest_call(item):\n    item.runtest = lambda: None\n")
     tampered = gradescope(tmp_path, "tampered", str(autograder), str(stub))
     assert tampered["score"] == 0 and "NotImplementedError: A8" in tampered["tests"][0]["output"]
 
