@@ -244,14 +244,22 @@ class Outcomes:
 
     def __init__(self):
         self.task_of, self.passed, self.reason, self.errors = {}, set(), {}, []
+        self.points_of, self.group_of = {}, {}   # a test's points (its marker's), and the function it is a case of
 
     def pytest_collection_finish(self, session):
         for item in session.items:   # what runs, after -m has deselected the rest
-            tasks = sorted({m.name.upper() for m in item.iter_markers()} & set(POINTS))
+            marks = [m for m in item.iter_markers() if m.name.upper() in POINTS]
+            tasks = sorted({m.name.upper() for m in marks})
             if len(tasks) > 1:
                 self.errors.append(f"{item.nodeid} carries the markers of {', '.join(tasks)}: a test grades one task")
             elif tasks:
                 self.task_of[item.nodeid] = tasks[0]
+                points = marks[0].kwargs.get("points")
+                if not isinstance(points, (int, float)) or points <= 0:
+                    self.errors.append(f"{item.nodeid}: its marker {marks[0].name} needs its points, "
+                                       f"e.g. @pytest.mark.{marks[0].name}(points=2)")
+                self.points_of[item.nodeid] = points if isinstance(points, (int, float)) else 0
+                self.group_of[item.nodeid] = item.nodeid.split("[")[0]   # a parametrised test's cases share its points
 
     def pytest_collectreport(self, report):
         if report.failed:
@@ -289,19 +297,30 @@ def run_tests(root: str, tasks, stdout=None, plugins=()) -> Outcomes:
 
 
 def score(outcomes: Outcomes, tasks) -> dict:
-    """Points per task: its maximum times the share of its tests that passed. A task with no test collected
-    (a marker gone, a file that failed to import) scores 0 and says why."""
+    """Points per task, by intent: each graded test carries its points on its marker
+    (`@pytest.mark.a2(points=4)`), the cases of a parametrised test share them equally, and a task's tests'
+    points add up to the task's (POINTS; an error otherwise). A task earns the points of what passed. A
+    task with no test collected (a marker gone, a file that failed to import) scores 0 and says why."""
     report = {"tasks": {}, "total": 0.0, "max": sum(POINTS[t] for t in tasks)}
+    errors = list(outcomes.errors)
     for t in tasks:
         ids = sorted(n for n, task in outcomes.task_of.items() if task == t)
         passed = [n for n in ids if n in outcomes.passed and n not in outcomes.reason]
         failures = [{"test": n, "reason": outcomes.reason.get(n, "did not run")} for n in ids if n not in passed]
-        points = round(POINTS[t] * len(passed) / len(ids), 2) if ids else 0.0
+        groups = {}
+        for n in ids:
+            groups.setdefault(outcomes.group_of.get(n, n), []).append(n)
+        carried = sum(outcomes.points_of.get(g[0], 0) for g in groups.values())
+        if ids and abs(carried - POINTS[t]) > 1e-9:
+            errors.append(f"{t}'s tests carry {carried:g} points but the task is worth {POINTS[t]}: "
+                          "fix the points on its markers")
+        earned = sum(outcomes.points_of.get(g[0], 0) * sum(n in passed for n in g) / len(g) for g in groups.values())
+        points = round(min(earned, POINTS[t]), 2) if ids else 0.0
         report["tasks"][t] = {"title": TITLES[t], "points": points, "max": POINTS[t], "passed": len(passed),
                               "failed": len(failures), "failures": failures}
         report["total"] = round(report["total"] + points, 2)
     missing = [t for t in tasks if not report["tasks"][t]["passed"] + report["tasks"][t]["failed"]]
-    errors = outcomes.errors + [f"no test of {t} was collected (marker {t.lower()})" for t in missing]
+    errors += [f"no test of {t} was collected (marker {t.lower()})" for t in missing]
     if errors:
         report["errors"] = errors
     return report

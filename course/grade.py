@@ -8,7 +8,8 @@ grade.py — grade the course assignments: run each task's tests (pytest markers
                                      #   {"tasks": {"A1": {"points": x, "max": y, "passed": n, "failed": m,
                                      #    "failures": [{"test": ..., "reason": ...}], ...}}, "total": ..., "max": ...}
 
-A task's points are its maximum (assignments.POINTS) times the share of its tests that passed. The tests
+Each graded test carries its points on its marker (`@pytest.mark.a2(points=4)`); the cases of a parametrised
+test share them, a task's tests add up to its points (assignments.POINTS), and a task earns what passed. The tests
 run in this process, once for all the tasks asked for; with --json pytest's own lines go to stderr, so
 stdout holds the JSON alone. Exit status (what GitHub Classroom reads): 0 when every graded test passed, 1
 otherwise (a bad command line too, after one line saying what is wrong).

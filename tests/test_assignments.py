@@ -54,7 +54,7 @@ def reference_model(fast=False) -> GPT:
 
 # -- A1: attention with a prefix --------------------------------------------------------------------
 
-@pytest.mark.a1
+@pytest.mark.a1(points=3)
 def test_a1_mask_weights_output_and_positions_match_the_reference():
     q, k, v, pk, pv, mask = (ref(f"a1.{n}") for n in ("q", "k", "v", "pk", "pv", "prefix_mask"))
     assert torch.equal(attention_mask(5, 3, mask, "cpu"), ref("a1.mask"))                 # booleans: exact
@@ -63,13 +63,13 @@ def test_a1_mask_weights_output_and_positions_match_the_reference():
     assert torch.equal(token_positions(4, 3, mask, "cpu"), ref("a1.positions"))          # integers: exact
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=2)
 def test_a1_logits_after_a_prefix_match_the_reference():
     logits, _ = reference_model()(ref("a1.x"), prefix_kv=pairs(ref("a1.prefix")))
     close(logits, "a1.logits")                                                           # atol 1e-5, rtol 1e-4
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_is_causal_true_is_wrong_once_there_is_a_prefix():
     """SDPA's is_causal=True aligns the triangle top-left: query 0 then sees key 0 alone, a prefix slot,
     instead of all P slots and itself. The bottom-right mask (attention_mask) is the right one."""
@@ -85,7 +85,7 @@ def test_is_causal_true_is_wrong_once_there_is_a_prefix():
     torch.testing.assert_close(right, explicit, atol=1e-6, rtol=0)
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_a_prefix_scales_but_cannot_reorder_attention_among_the_inputs_tokens(tiny_model, tiny_config):
     """Petrov, Torr & Bibi (ICLR 2024): per query, the weights over the input's own tokens with a prefix are
     (1 − the prefix's mass) × the weights without it. Exact up to float rounding (atol 1e-6), for one
@@ -108,7 +108,7 @@ def test_a_prefix_scales_but_cannot_reorder_attention_among_the_inputs_tokens(ti
 
 # -- A2: the prefix module ------------------------------------------------------------------------------
 
-@pytest.mark.a2
+@pytest.mark.a2(points=6)
 def test_a2_reparameterised_prefix_and_its_fold_match_the_reference():
     config = GPTConfig(**json.loads(str(REF["config"])))
     prefix = PrefixTuning(config, 3, reparam=True, reparam_hidden=8)
@@ -122,7 +122,7 @@ def test_a2_reparameterised_prefix_and_its_fold_match_the_reference():
 
 # -- A3: prompt tuning ------------------------------------------------------------------------------------
 
-@pytest.mark.a3
+@pytest.mark.a3(points=4)
 def test_a3_soft_prompt_keys_values_and_nearest_tokens_match_the_reference():
     model = reference_model()
     prompt = PromptTuning(model.config, 3)
@@ -136,7 +136,7 @@ def test_a3_soft_prompt_keys_values_and_nearest_tokens_match_the_reference():
     close(sims, "a3.nearest_sims")                                                        # atol 1e-5, rtol 1e-4
 
 
-@pytest.mark.a3
+@pytest.mark.a3(points=2)
 def test_a3_a_prompt_made_of_tokens_reads_back_as_those_tokens(tiny_model, tiny_config):
     words = [5, 17, 42, 3]
     prompt = PromptTuning(tiny_config, 4).init_from_tokens(tiny_model, words)
@@ -148,7 +148,7 @@ def test_a3_a_prompt_made_of_tokens_reads_back_as_those_tokens(tiny_model, tiny_
         PromptTuning(tiny_config, 4).init_from_tokens(tiny_model, words[:3])
 
 
-@pytest.mark.a3
+@pytest.mark.a3(points=1)
 def test_the_nearest_token_readout_is_not_what_the_prompt_does():
     """Two soft prompts with the same nearest tokens, exactly, that the model reads differently: cosine
     similarity ignores a vector's length, the model does not (its first LayerNorm sees E + position)."""
@@ -168,7 +168,7 @@ def test_the_nearest_token_readout_is_not_what_the_prompt_does():
 
 # -- A4: mixed-prefix batches -----------------------------------------------------------------------------
 
-@pytest.mark.a4
+@pytest.mark.a4(points=5)
 def test_a4_batch_prefixes_matches_the_reference():
     kvs = [pairs(ref("a4.p0")), None, pairs(ref("a4.p2"))]
     kv, mask = batch_prefixes(kvs, ref("a4.rows").tolist())
@@ -178,7 +178,7 @@ def test_a4_batch_prefixes_matches_the_reference():
     close(logits, "a4.logits")                                                           # atol 1e-5, rtol 1e-4
 
 
-@pytest.mark.a4
+@pytest.mark.a4(points=5)
 @pytest.mark.parametrize("fast", [True, False])
 def test_a4_each_row_of_a_mixed_batch_is_that_row_alone_and_padding_is_never_seen(fast):
     model = reference_model(fast)
@@ -197,7 +197,7 @@ def test_a4_each_row_of_a_mixed_batch_is_that_row_alone_and_padding_is_never_see
 
 # -- A5: generation from a prefix ------------------------------------------------------------------------
 
-@pytest.mark.a5
+@pytest.mark.a5(points=4)
 def test_a5_cache_and_greedy_tokens_match_the_reference():
     model = reference_model()
     prefix, idx = pairs(ref("a5.prefix")), ref("a5.idx")
@@ -211,7 +211,7 @@ def test_a5_cache_and_greedy_tokens_match_the_reference():
 
 # -- A6: the frozen tuning step --------------------------------------------------------------------------
 
-@pytest.mark.a6
+@pytest.mark.a6(points=4)
 def test_a6_collate_loss_and_prefix_gradient_match_the_reference():
     tokens, n_prompt = ref("a6.tokens").tolist(), ref("a6.n_prompt").tolist()
     examples = [TaskExample([t for t in row if t >= 0], n) for row, n in zip(tokens, n_prompt)]
@@ -227,7 +227,7 @@ def test_a6_collate_loss_and_prefix_gradient_match_the_reference():
     close(prefix.prefix.grad, "a6.grad")                                                 # atol 1e-5, rtol 1e-4
 
 
-@pytest.mark.a6
+@pytest.mark.a6(points=3)
 def test_a6_the_loss_counts_only_the_completion_and_its_end_marker(tiny_model):
     """The loss is the mean negative log-likelihood of the completion tokens alone, each predicted from the
     token before it; the prompt's tokens are inputs, never targets."""
@@ -241,7 +241,7 @@ def test_a6_the_loss_counts_only_the_completion_and_its_end_marker(tiny_model):
 
 # -- A7: LoRA and adapters ----------------------------------------------------------------------------------
 
-@pytest.mark.a7
+@pytest.mark.a7(points=6)
 def test_a7_lora_merge_and_adapter_match_the_reference():
     lora = LoRALinear(torch.nn.Linear(16, 12), r=2, alpha=4.0)
     lora.load_state_dict({k[len("a7.lora."):]: ref(k) for k in REF.files if k.startswith("a7.lora.")})
@@ -276,7 +276,7 @@ def test_free_numbers_of_a_deep_prefix_and_of_a_soft_prompt():
     assert count_parameters(small, PrefixTuning(small.config, 3))["trainable"] == 2 * 2 * 3 * 8
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_positions_start_after_the_prefix():
     """The first token after a prefix of 3 slots takes position 3, as if the prefix were 3 prepended tokens;
     a padded slot takes no position, so a row of a mixed batch is numbered as it would be alone."""
@@ -332,21 +332,42 @@ def test_plot_mass_writes_one_png_and_no_temporary_file(tmp_path):
 
 # -- the grader's bookkeeping ------------------------------------------------------------------------------
 
-def test_points_are_the_share_of_a_tasks_tests_that_passed():
+def test_points_are_those_each_test_carries_and_a_parametrised_tests_cases_share_them():
     outcomes = assignments.Outcomes()
-    outcomes.task_of = {"t::a": "A1", "t::b": "A1", "t::c": "A1", "t::d": "A8"}
-    outcomes.passed = {"t::a", "t::b", "t::d"}
-    outcomes.reason = {"t::c": "NotImplementedError: A1.2: join the prefix keys"}
+    outcomes.task_of = {"t::a": "A1", "t::b[1]": "A1", "t::b[2]": "A1", "t::b[3]": "A1", "t::c": "A1", "t::d": "A8"}
+    outcomes.group_of = {n: n.split("[")[0] for n in outcomes.task_of}
+    outcomes.points_of = {"t::a": 3, "t::b[1]": 9, "t::b[2]": 9, "t::b[3]": 9, "t::c": 3, "t::d": 10}
+    outcomes.passed = {"t::a", "t::b[1]", "t::b[2]", "t::d"}
+    outcomes.reason = {"t::b[3]": "AssertionError: 1 != 2", "t::c": "NotImplementedError: A1.2: join the prefix keys"}
     report = assignments.score(outcomes, ["A1", "A8", "A3"])
     a1, a8, a3 = (report["tasks"][t] for t in ("A1", "A8", "A3"))
-    assert (a1["points"], a1["max"], a1["passed"], a1["failed"]) == (10.0, 15, 2, 1)
-    assert a1["failures"] == [{"test": "t::c", "reason": "NotImplementedError: A1.2: join the prefix keys"}]
+    # 3 (t::a) + 9 × 2/3 (two of t::b's three cases) + 0 (t::c): 4 passed tests would be 10.0 by count
+    assert (a1["points"], a1["max"], a1["passed"], a1["failed"]) == (9.0, 15, 3, 2)
+    assert a1["failures"][1] == {"test": "t::c", "reason": "NotImplementedError: A1.2: join the prefix keys"}
     assert (a8["points"], a8["failed"]) == (10.0, 0)
     assert a3["points"] == 0 and report["errors"] == ["no test of A3 was collected (marker a3)"]
-    assert report["total"] == 20.0 and report["max"] == 35
+    assert report["total"] == 19.0 and report["max"] == 35
     json.dumps(report)                                    # what --json prints
     table = assignments.format_report(report)
-    assert "A1         2      1  10.00 / 15" in table and "total" in table and "error: no test of A3" in table
+    assert "A1         3      2   9.00 / 15" in table and "total" in table and "error: no test of A3" in table
+    outcomes.points_of["t::a"] = 2                        # the markers add up to 14 of A1's 15: said, not hidden
+    assert "A1's tests carry 14 points but the task is worth 15" in " ".join(assignments.score(outcomes, ["A1"])["errors"])
+
+
+def test_every_tasks_graded_tests_carry_points_that_add_up_to_the_task():
+    """Collected as grade.py collects them: every graded test has its points, and each task's add up."""
+    import contextlib
+    import io
+    outcomes = assignments.Outcomes()
+    args = [os.path.join(ROOT, f) for f in assignments.TEST_FILES] + [
+        "-m", assignments.marker_expression(assignments.POINTS), "--collect-only", "-q", "-p", "no:cacheprovider",
+        f"--rootdir={ROOT}", "-c", os.path.join(ROOT, "pytest.ini")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        pytest.main(args, plugins=[outcomes])
+    assert outcomes.errors == []
+    for task, points in assignments.POINTS.items():
+        groups = {outcomes.group_of[n]: outcomes.points_of[n] for n, t in outcomes.task_of.items() if t == task}
+        assert sum(groups.values()) == points, (task, groups)
 
 
 def test_the_points_table_covers_every_task_and_the_ladder_is_acyclic():

@@ -74,7 +74,7 @@ def cases(config):
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("case", [0, 1, 2])
 # graded under A5 with 10 new tokens: decoding past block_size (45) takes longer than a grader should
-@pytest.mark.parametrize("new", [pytest.param(10, marks=pytest.mark.a5), 45])   # 45: the window slides
+@pytest.mark.parametrize("new", [pytest.param(10, marks=pytest.mark.a5(points=3)), 45])   # 45: the window slides
 def test_preallocated_cache_decodes_exactly_like_the_cat_cache_and_like_no_cache(tiny_config, fast, case, new):
     model = sharp_model(tiny_config)
     model.fast_attention = fast
@@ -100,7 +100,7 @@ def test_a_row_of_a_mixed_batch_decodes_as_it_does_alone_past_block_size(tiny_co
         assert torch.equal(mixed[b:b + 1], alone), b
 
 
-@pytest.mark.a5
+@pytest.mark.a5(points=2)
 def test_the_cache_is_allocated_once_and_filled_in_place(tiny_config, monkeypatch):
     """Decoding steps write into the same buffers and concatenate nothing (one prefix length: no mask)."""
     model = sharp_model(tiny_config)
@@ -122,7 +122,7 @@ def test_the_cache_is_allocated_once_and_filled_in_place(tiny_config, monkeypatc
         step(model, torch.zeros(2, 1, dtype=torch.long), cache)
 
 
-@pytest.mark.a5
+@pytest.mark.a5(points=2)
 def test_reordering_keeps_the_chosen_rows_as_indexing_the_cat_cache_would(tiny_config):
     """Beam search keeps the surviving beams' rows, repeats allowed; later steps see those rows' past."""
     model = sharp_model(tiny_config)

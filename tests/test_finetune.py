@@ -53,7 +53,7 @@ def finetune(setup, out, *extra, check=True):
 
 # -- the loss counts completion tokens only ------------------------------------------------------
 
-@pytest.mark.a6
+@pytest.mark.a6(points=2)
 def test_prompt_tokens_are_not_targets(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "ab", "completion": "xyz"}])
     (ex,), _ = load_task(path, TOK, max_len=50)

@@ -25,12 +25,13 @@ def batch(config, seed=0):
     return x, torch.roll(x, -1, dims=1)
 
 
-def graded_a7(methods):
-    """LoRA's and adapters' cases carry A7's marker: they run the code A7 writes; the others run none."""
-    return [pytest.param(m, marks=pytest.mark.a7) if m in ("lora", "adapter") else m for m in methods]
+def graded_a7(methods, points: int):
+    """LoRA's and adapters' cases carry A7's marker: they run the code A7 writes; the others run none. The
+    graded cases of one test share its points."""
+    return [pytest.param(m, marks=pytest.mark.a7(points=points)) if m in ("lora", "adapter") else m for m in methods]
 
 
-@pytest.mark.parametrize("method", graded_a7(WEIGHT_METHODS))
+@pytest.mark.parametrize("method", graded_a7(WEIGHT_METHODS, points=3))
 def test_every_method_starts_as_the_base_exactly(tiny_model, tiny_config, method):
     base, tuned = base_and_tuned(tiny_model, method)
     x, _ = batch(tiny_config)
@@ -66,7 +67,7 @@ def test_only_the_right_tensors_train(tiny_model, tiny_config, method):
     assert any(not torch.equal(before[n], p.detach()) for n, p in after.items() if p.requires_grad)
 
 
-@pytest.mark.a7
+@pytest.mark.a7(points=4)
 def test_lora_merges_into_a_plain_model_with_the_same_logits(tiny_model, tiny_config):
     _, tuned = base_and_tuned(tiny_model, "lora")
     with torch.no_grad():
@@ -84,7 +85,7 @@ def test_lora_merges_into_a_plain_model_with_the_same_logits(tiny_model, tiny_co
     assert not torch.allclose(tiny_model(x)[0], want, atol=1e-3)     # and the update did something
 
 
-@pytest.mark.parametrize("method", graded_a7(["lora", "adapter", "bitfit"]))
+@pytest.mark.parametrize("method", graded_a7(["lora", "adapter", "bitfit"], points=2))
 def test_a_delta_file_round_trips_and_refuses_another_base(tiny_model, tiny_config, method, tmp_path):
     _, tuned = base_and_tuned(tiny_model, method)
     with torch.no_grad():

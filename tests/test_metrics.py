@@ -8,7 +8,7 @@ from prefixgpt.metrics import (accuracy, confusion_matrix, corpus_bleu, format_c
                      mean_std, tokenize)
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=1)
 def test_tokenize_splits_punctuation_and_can_lowercase():
     assert tokenize("£20-25, kid-friendly.") == ["£", "20", "-", "25", ",", "kid", "-", "friendly", "."]
     assert tokenize("Café  Rouge's", lowercase=True) == ["café", "rouge", "'", "s"]
@@ -16,13 +16,13 @@ def test_tokenize_splits_punctuation_and_can_lowercase():
     assert corpus_bleu(["It is in the city centre."], [["It is in the city centre ."]]) == 100.0
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=1)
 def test_identical_text_scores_100():
     text = ["The Eagle is a coffee shop near Burger King.", "Zizzi is a cheap pub by the riverside."]
     assert corpus_bleu(text, [[t] for t in text]) == 100.0
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=1)
 def test_no_4gram_match_scores_0():
     # 1-, 2- and 3-grams match (5/6, 3/5, 1/4) but none of the three 4-grams does; without smoothing
     # one zero precision makes the geometric mean 0
@@ -31,7 +31,7 @@ def test_no_4gram_match_scores_0():
     assert corpus_bleu([], []) == 0.0
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=2)
 def test_hand_computed_two_sentence_corpus():
     # sentence 1: hyp "the the the cat sat on the mat" (8 tokens), ref "the cat sat on the mat" (6)
     #   1-grams: the x4 clipped to the ref's 2, cat 1, sat 1, on 1, mat 1     -> 6 / 8
@@ -54,7 +54,7 @@ def test_hand_computed_two_sentence_corpus():
     assert corpus_bleu(hyps, refs) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=2)
 def test_multi_reference_clips_to_the_best_single_reference():
     # unigrams only: "the" x3 is clipped to 2, the most that any ONE reference has (not 1 + 2 = 3);
     # both references are 3 long, so BP = 1 and BLEU-1 = 2/3
@@ -63,7 +63,7 @@ def test_multi_reference_clips_to_the_best_single_reference():
     assert corpus_bleu(["Zizzi is a cheap pub."], [["There is a pub, Zizzi.", "Zizzi is a cheap pub."]]) == 100.0
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=1)
 def test_brevity_penalty_ties_take_the_shorter_reference():
     # hypothesis 3 long; references 2 and 4 long are equally close -> r = 2, c > r, BP = 1.
     # (taking 4 would give 100 * exp(1 - 4/3) = 71.65)
@@ -87,7 +87,7 @@ REFS_2 = [REFS_1[0] + ["Near Burger King, the coffee shop The Eagle has prices o
           REFS_1[2] + ["By the riverside there is a cheap pub, Zizzi."]]
 
 
-@pytest.mark.a8
+@pytest.mark.a8(points=2)
 def test_matches_nltk_and_sacrebleu():
     assert corpus_bleu(HYPS, REFS_1) == pytest.approx(60.712260059518805, abs=1e-6)
     assert corpus_bleu(HYPS, REFS_2) == pytest.approx(76.7315898585069, abs=1e-6)

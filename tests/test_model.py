@@ -24,7 +24,7 @@ def both_paths(model, fn):
 
 
 # 1 -----------------------------------------------------------------------------------------------
-@pytest.mark.a1
+@pytest.mark.a1(points=2)
 @pytest.mark.parametrize("fast", [True, False])
 def test_prefix_from_real_tokens_equals_prepending_them(tiny_config, tiny_model, fast):
     tiny_model.fast_attention = fast
@@ -42,7 +42,7 @@ def test_prefix_from_real_tokens_equals_prepending_them(tiny_config, tiny_model,
     torch.testing.assert_close(loss, full_loss, atol=1e-5, rtol=0)
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_key_values_after_a_prefix_continue_the_sequence(tiny_config, tiny_model):
     """key_values(b, prefix_kv=key_values(a)) are the keys/values of b inside concat(a, b)."""
     a, b = torch.randint(0, tiny_config.vocab_size, (1, 4)), torch.randint(0, tiny_config.vocab_size, (1, 5))
@@ -54,7 +54,7 @@ def test_key_values_after_a_prefix_continue_the_sequence(tiny_config, tiny_model
 
 
 # 2 -----------------------------------------------------------------------------------------------
-@pytest.mark.a1
+@pytest.mark.a1(points=2)
 @pytest.mark.parametrize("P", [0, 1, 3, 10])
 @pytest.mark.parametrize("T", [1, 7])
 def test_fast_path_equals_reference_path(tiny_model, tiny_config, P, T):
@@ -64,7 +64,7 @@ def test_fast_path_equals_reference_path(tiny_model, tiny_config, P, T):
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_fast_path_equals_reference_path_with_a_padding_mask(tiny_model, tiny_config):
     x = torch.randint(0, tiny_config.vocab_size, (2, 5))
     prefix_kv = random_prefix(tiny_config, 4, batch=2)
@@ -73,7 +73,7 @@ def test_fast_path_equals_reference_path_with_a_padding_mask(tiny_model, tiny_co
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.a1
+@pytest.mark.a1(points=1)
 def test_the_mask_is_causal_from_the_bottom_right():
     M = attention_mask(T=3, P=2, prefix_mask=None, device="cpu")[0, 0].int().tolist()
     # keys:   p0 p1 x0 x1 x2   — every query sees both prefix slots, then the tokens up to itself
@@ -145,7 +145,7 @@ def test_uncached_generation_is_argmax_of_forward(tiny_model, tiny_config):
         assert out[0, t] == logits[0, -1].argmax()
 
 
-@pytest.mark.a5
+@pytest.mark.a5(points=2)
 def test_sampling_with_cache_equals_without_for_the_same_seed(tiny_config, tiny_model):
     idx = torch.randint(0, tiny_config.vocab_size, (2, 3))
     torch.manual_seed(7)

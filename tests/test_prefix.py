@@ -30,8 +30,8 @@ def sharp_base(config, scale=10.0, seed=0):
 # 6 -----------------------------------------------------------------------------------------------
 # graded under A6, the tuning step; the reparameterised case is left ungraded so that A2 (its MLP) has no
 # task built on it (a copy for A2 alone then runs every other task's tests green)
-@pytest.mark.parametrize("method", [pytest.param("prefix", marks=pytest.mark.a6), "prefix-reparam",
-                                    pytest.param("prompt", marks=pytest.mark.a6)])
+@pytest.mark.parametrize("method", [pytest.param("prefix", marks=pytest.mark.a6(points=4)), "prefix-reparam",
+                                    pytest.param("prompt", marks=pytest.mark.a6(points=4))])
 def test_only_the_prefix_trains_and_the_base_is_bit_identical(tiny_model, tiny_config, method):
     model = freeze(tiny_model).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -49,7 +49,7 @@ def test_only_the_prefix_trains_and_the_base_is_bit_identical(tiny_model, tiny_c
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.a6
+@pytest.mark.a6(points=2)
 def test_optimizer_holds_only_trainable_parameters(tiny_model, tiny_config):
     freeze(tiny_model)
     prefix = PrefixTuning(tiny_config, 3, reparam=True, reparam_hidden=16)
@@ -62,7 +62,7 @@ def test_optimizer_holds_only_trainable_parameters(tiny_model, tiny_config):
 
 
 # 7 -----------------------------------------------------------------------------------------------
-@pytest.mark.a2
+@pytest.mark.a2(points=4)
 def test_folded_reparameterisation_gives_the_same_logits(tiny_model, tiny_config):
     prefix = PrefixTuning(tiny_config, 5, reparam=True, reparam_hidden=24)
     torch.nn.init.normal_(prefix.mlp[2].weight, std=0.5)  # make the MLP's output far from zero
@@ -83,7 +83,7 @@ def test_reparameterised_prefix_can_start_from_real_text(tiny_model, tiny_config
 
 
 # 8 -----------------------------------------------------------------------------------------------
-@pytest.mark.a3
+@pytest.mark.a3(points=2)
 def test_prompt_tuning_kv_are_the_models_own_kv_for_the_soft_embeddings(tiny_model, tiny_config):
     prompt = PromptTuning(tiny_config, 3)
     torch.nn.init.normal_(prompt.soft_embeds, std=1.0)
@@ -102,7 +102,7 @@ def test_prompt_tuning_kv_are_the_models_own_kv_for_the_soft_embeddings(tiny_mod
                                atol=1e-5, rtol=0)
 
 
-@pytest.mark.a3
+@pytest.mark.a3(points=1)
 def test_prompt_init_from_tokens_equals_prefix_from_those_tokens(tiny_model, tiny_config):
     words = [5, 17, 42]
     prompt = PromptTuning(tiny_config, 3).init_from_tokens(tiny_model, words)
@@ -112,7 +112,7 @@ def test_prompt_init_from_tokens_equals_prefix_from_those_tokens(tiny_model, tin
 
 
 # 9 -----------------------------------------------------------------------------------------------
-@pytest.mark.a5
+@pytest.mark.a5(points=2)
 @pytest.mark.parametrize("fast", [True, False])
 def test_each_row_of_a_mixed_prefix_batch_equals_that_row_alone(tiny_model, tiny_config, fast):
     tiny_model.fast_attention = fast
