@@ -184,6 +184,24 @@ def all_regions(root: str, files=None) -> list[Region]:
     return regions
 
 
+HANDOUT = "course/ASSIGNMENTS.md"
+TASK_HEADING = re.compile(r"## (A\d+)\. ")
+
+
+def handout_for(text: str, tasks) -> str:
+    """The handout a copy gets: the common part, then only its tasks' sections, and the task table's rows
+    for its tasks alone (a section runs from its `## A3. ` heading to the next heading of that level)."""
+    out, keep = [], True
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            m = TASK_HEADING.match(line)
+            keep = m is None or m.group(1) in tasks
+        row = re.match(r"\| (A\d+) \|", line)
+        if keep and not (row and row.group(1) not in tasks):
+            out.append(line)
+    return "".join(out)
+
+
 def make_copy(root: str, out: str, tasks) -> dict:
     """Write the student copy of root into out (a new or empty folder) for the given tasks. Nothing is written
     unless every marker is sound and every Python file of the copy compiles. Returns {task: region ids}."""
@@ -208,6 +226,9 @@ def make_copy(root: str, out: str, tasks) -> dict:
         except SyntaxError as e:
             raise AssignmentError(f"the copy of {path} does not compile (line {e.lineno}: {e.msg}): "
                                   "check that file's solution markers") from None
+    if HANDOUT in files:   # the copy's handout: its own tasks only
+        with open(os.path.join(root, HANDOUT), encoding="utf-8", newline="") as f:
+            texts[HANDOUT] = handout_for(f.read(), tasks)
     for path in files:
         dest = os.path.join(out, path)
         os.makedirs(os.path.dirname(dest) or out, exist_ok=True)

@@ -138,6 +138,15 @@ def test_make_assignment_py_refuses_bad_input_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_copys_handout_holds_its_own_tasks_and_what_they_share():
+    text = ("# Course\n\nintro\n\n## Set-up\n\nsteps\n\n| task | points |\n|---|---|\n| A1 | 15 |\n| A2 | 10 |\n"
+            "| A8 | 10 |\n\n## A1. Attention\n\none\n\n## A2. Prefix\n\ntwo\n\n## A8. BLEU\n\neight\n")
+    got = assignments.handout_for(text, ["A2", "A8"])
+    assert "## Set-up" in got and "intro" in got and "| A2 | 10 |" in got and "| A8 | 10 |" in got
+    assert "## A2. Prefix\n\ntwo" in got and "## A8. BLEU\n\neight" in got
+    assert "## A1." not in got and "one" not in got and "| A1 |" not in got
+
+
 # -- the reference outputs ------------------------------------------------------------------------------
 
 def test_the_reference_file_holds_what_the_solution_computes():
@@ -167,6 +176,8 @@ def test_teachers_check_a_copy_for_a2_and_a8_fails_exactly_their_tests(tmp_path)
     for name in assignments.SOLUTION_ONLY:
         assert not (copy / name).exists(), name
     assert (copy / "course" / "ASSIGNMENTS.md").exists() and (copy / "tests" / "reference" / "assignments.npz").exists()
+    handout = (copy / "course" / "ASSIGNMENTS.md").read_text(encoding="utf-8")
+    assert "## A2. " in handout and "## A8. " in handout and "## A1. " not in handout and "## Set-up" in handout
     graded = subprocess.run([sys.executable, "course/grade.py", "--json", "--tasks", ",".join(assignments.POINTS)],
                             cwd=copy, capture_output=True, text=True, timeout=900)
     assert graded.returncode == 1, graded.stdout + graded.stderr
