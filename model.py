@@ -163,8 +163,11 @@ def prefix_attention_reference(q, k, v, prefix_k, prefix_v, prefix_mask=None, dr
 def prefix_attention_fast(q, k, v, prefix_k, prefix_v, prefix_mask=None, dropout_p=0.0):
     """The same result through F.scaled_dot_product_attention, choosing a mask that keeps a fused kernel.
 
+    # BEGIN ANSWER A1.Q1 (a student copy leaves these lines out: course/ANSWERS.md)
     `is_causal=True` aligns the causal triangle to the *top-left*, which is wrong once keys outnumber
-    queries (query 0 must see all P past slots, not just key 0). So:
+    queries (query 0 must see all P past slots, not just key 0).
+    # END ANSWER
+    The mask it takes:
       - no prefix:            is_causal=True (square, top-left == bottom-right);
       - one new token:        no mask at all (the newest token may see everything before it);
       - prefix, one length:   a lower-right causal bias, which flash / memory-efficient kernels support;

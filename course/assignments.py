@@ -42,8 +42,13 @@ BUILDS_ON = {"A1": (), "A2": ("A1",), "A3": ("A1",), "A4": ("A1",), "A5": ("A1",
 TEST_FILES = ("tests/test_assignments.py", "tests/test_model.py", "tests/test_prefix.py", "tests/test_cache.py",
               "tests/test_finetune.py", "tests/test_methods.py", "tests/test_metrics.py")
 # left out of a student copy: what writes the reference outputs, the teacher's own tests, the copier itself
-SOLUTION_ONLY = ("course/make_assignment.py", "course/make_autograder.py", "tests/make_references.py",
-                 "tests/test_teacher.py", "tests/test_autograder.py")
+SOLUTION_ONLY = ("course/make_assignment.py", "course/make_autograder.py", "course/ANSWERS.md",
+                 "tests/make_references.py", "tests/test_teacher.py", "tests/test_autograder.py")
+# a passage that answers a handout question sits between two lines, a first that starts "# BEGIN ANSWER"
+# (or "<!-- BEGIN ANSWER" in Markdown) and a last that starts "# END ANSWER" (or "<!-- END ANSWER");
+# a student copy drops both and all between
+ANSWER_BEGIN = re.compile(r"\s*(#|<!--)\s*BEGIN ANSWER\b")
+ANSWER_END = re.compile(r"\s*(#|<!--)\s*END ANSWER\b")
 ASSIGNMENT_FILE = "assignment.json"   # written into a copy: the tasks it was made for (grade.py's default)
 # what the autograder puts back over a submission before grading, from the teacher's tree: every file that
 # decides a grade (the graded tests, their fixtures and references, pytest's settings, the grader itself)
@@ -202,6 +207,26 @@ def handout_for(text: str, tasks) -> str:
     return "".join(out)
 
 
+def strip_answers(path: str, text: str) -> str:
+    """The text without its answer passages (ANSWER_BEGIN … ANSWER_END lines, both included). An unmatched
+    marker is an AssignmentError naming the file and line."""
+    out, open_at = [], None
+    for n, line in enumerate(text.splitlines(keepends=True), 1):
+        if ANSWER_BEGIN.match(line):
+            if open_at is not None:
+                raise AssignmentError(f"{path}:{n}: an answer begins inside the one at line {open_at}")
+            open_at = n
+        elif ANSWER_END.match(line):
+            if open_at is None:
+                raise AssignmentError(f"{path}:{n}: END ANSWER without a BEGIN ANSWER above it")
+            open_at = None
+        elif open_at is None:
+            out.append(line)
+    if open_at is not None:
+        raise AssignmentError(f"{path}:{open_at}: an answer has no END ANSWER")
+    return "".join(out)
+
+
 def make_copy(root: str, out: str, tasks) -> dict:
     """Write the student copy of root into out (a new or empty folder) for the given tasks. Nothing is written
     unless every marker is sound and every Python file of the copy compiles. Returns {task: region ids}."""
@@ -221,14 +246,21 @@ def make_copy(root: str, out: str, tasks) -> dict:
             continue
         with open(os.path.join(root, path), encoding="utf-8", newline="") as f:
             texts[path] = student_text(f.read(), by_path.get(path, []), tasks)
+    if HANDOUT in files:   # the copy's handout: its own tasks only
+        with open(os.path.join(root, HANDOUT), encoding="utf-8", newline="") as f:
+            texts[HANDOUT] = handout_for(f.read(), tasks)
+    for path in files:     # and no answer to a question, in code or docs
+        if path.endswith((".py", ".md")):
+            if path not in texts:
+                with open(os.path.join(root, path), encoding="utf-8", newline="") as f:
+                    texts[path] = f.read()
+            texts[path] = strip_answers(path, texts[path])
+    for path in (p for p in files if p.endswith(".py")):
         try:   # what py_compile would do, before anything is written
             compile(texts[path], path, "exec", dont_inherit=True)
         except SyntaxError as e:
             raise AssignmentError(f"the copy of {path} does not compile (line {e.lineno}: {e.msg}): "
-                                  "check that file's solution markers") from None
-    if HANDOUT in files:   # the copy's handout: its own tasks only
-        with open(os.path.join(root, HANDOUT), encoding="utf-8", newline="") as f:
-            texts[HANDOUT] = handout_for(f.read(), tasks)
+                                  "check that file's solution and answer markers") from None
     for path in files:
         dest = os.path.join(out, path)
         os.makedirs(os.path.dirname(dest) or out, exist_ok=True)

@@ -121,9 +121,13 @@ def nearest_tokens(embeds: torch.Tensor, table: torch.Tensor, k: int = 1):
     """For each soft embedding (P, C), the k vocabulary rows of table (V, C) with the highest cosine
     similarity, as Lester et al. read their prompts. Returns (ids (P, k), similarities (P, k)), best first.
 
-    This readout is not what the prompt does: the model reads the vectors, never the tokens, and a prompt
-    can sit near tokens that mean one thing while steering the model to another (Khashabi et al., Prompt
-    Waywardness, NAACL 2022). ASSIGNMENTS.md has a test that shows it."""
+    This readout is not what the prompt does (Khashabi et al., Prompt Waywardness, NAACL 2022);
+    ASSIGNMENTS.md (A3) has a test that shows it.
+    # BEGIN ANSWER A3.Q2 (a student copy leaves these lines out: course/ANSWERS.md)
+    Why: the model reads the vectors, never the tokens, and a prompt can sit near tokens that mean one
+    thing while steering the model to another.
+    # END ANSWER
+    """
     if k < 1 or k > table.size(0):
         raise ValueError(f"k must be between 1 and the vocabulary size {table.size(0)}, got {k}")
     # BEGIN SOLUTION A3.3: cosine similarity of every soft embedding to every row of the table; top k per slot

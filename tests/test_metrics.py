@@ -33,6 +33,7 @@ def test_no_4gram_match_scores_0():
 
 @pytest.mark.a8(points=2)
 def test_hand_computed_two_sentence_corpus():
+    # BEGIN ANSWER A8.Q1 (a student copy leaves the working out: course/ANSWERS.md)
     # sentence 1: hyp "the the the cat sat on the mat" (8 tokens), ref "the cat sat on the mat" (6)
     #   1-grams: the x4 clipped to the ref's 2, cat 1, sat 1, on 1, mat 1     -> 6 / 8
     #   2-grams: "the the" x2 -> 0; the cat, cat sat, sat on, on the, the mat -> 5 / 7
@@ -44,9 +45,12 @@ def test_hand_computed_two_sentence_corpus():
     # corpus: p1 = 9/11, p2 = 7/9, p3 = 5/7, p4 = 3/5; product = 3/11
     #   c = 8 + 3 = 11, r = 6 + 6 = 12 -> BP = exp(1 - 12/11) = exp(-1/11)
     #   BLEU = 100 * exp(-1/11) * (3/11) ** (1/4) = 65.98585158...
+    # END ANSWER
+    # BEGIN ANSWER A8.Q2
     # (sentence 2 alone would score 0, having no 4-gram: BLEU is a corpus statistic, not a mean.)
     # nltk's corpus_bleu gives 63.0457 here: it counts a 4-gram denominator of max(1, 0) = 1 for the
     # short sentence; sacrebleu (tokenize="none", smooth_method="none") gives 65.98585158003581.
+    # END ANSWER
     hyps = ["the the the cat sat on the mat", "a dog runs"]
     refs = [["the cat sat on the mat"], ["a dog runs in the big park", "the dog runs very fast now"]]
     expected = 100 * math.exp(-1 / 11) * (3 / 11) ** 0.25

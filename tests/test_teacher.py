@@ -7,6 +7,7 @@ tasks fail; and the ladder's check, a trace of which regions every graded test r
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -145,6 +146,49 @@ def test_a_copys_handout_holds_its_own_tasks_and_what_they_share():
     assert "## Set-up" in got and "intro" in got and "| A2 | 10 |" in got and "| A8 | 10 |" in got
     assert "## A2. Prefix\n\ntwo" in got and "## A8. BLEU\n\neight" in got
     assert "## A1." not in got and "one" not in got and "| A1 |" not in got
+
+
+def test_answer_passages_leave_a_copy_and_an_unmatched_marker_is_one_line():
+    text = ("keep 1\n    # BEGIN ANSWER A1.Q1\n    secret\n    # END ANSWER\nkeep 2\n"
+            "<!-- BEGIN ANSWER A5.Q -->\nhidden\n<!-- END ANSWER -->\nkeep 3  # not a marker: BEGIN ANSWER\n")
+    assert assignments.strip_answers("f.py", text) == "keep 1\nkeep 2\nkeep 3  # not a marker: BEGIN ANSWER\n"
+    with pytest.raises(AssignmentError, match="f.py:2: an answer has no END ANSWER"):
+        assignments.strip_answers("f.py", "x\n# BEGIN ANSWER\ny\n")
+    with pytest.raises(AssignmentError, match="f.py:1: END ANSWER without a BEGIN ANSWER"):
+        assignments.strip_answers("f.py", "# END ANSWER\n")
+
+
+def answer_strings() -> list[str]:
+    """The strings course/ANSWERS.md lists under "Not in the copy", whitespace collapsed."""
+    key = open(os.path.join(ROOT, "course", "ANSWERS.md"), encoding="utf-8").read()
+    found = re.findall(r"- Not in the copy: (.*?)(?:\n\n|\n\*\*|\n## |$)", key, flags=re.S)
+    return [" ".join(x.split()) for block in found for x in re.findall(r"`([^`]+)`", block)]
+
+
+def collapsed_texts(root) -> dict:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "out", "__pycache__", "data")]
+        for name in files:
+            if name.endswith((".py", ".md", ".toml", ".txt", ".ini")):
+                path = os.path.join(dirpath, name)
+                out[os.path.relpath(path, root)] = " ".join(open(path, encoding="utf-8").read().split()).lower()
+    return out
+
+
+def test_no_student_copy_holds_an_answer_that_the_solution_holds(tmp_path):
+    """course/ANSWERS.md's give-away strings: each is in the solution (so this scan can fail), and in no
+    file of a copy made for every task; the key itself is solution-only."""
+    strings = answer_strings()
+    assert len(strings) >= 10, strings
+    solution = collapsed_texts(ROOT)
+    for s in strings:
+        assert any(s.lower() in t for p, t in solution.items() if p != os.path.join("course", "ANSWERS.md")), s
+    copy = tmp_path / "copy"
+    make_copy(ROOT, str(copy), list(assignments.POINTS))
+    assert not (copy / "course" / "ANSWERS.md").exists()
+    leaks = [(p, s) for p, t in collapsed_texts(copy).items() for s in strings if s.lower() in t]
+    assert leaks == []
 
 
 # -- the reference outputs ------------------------------------------------------------------------------
