@@ -22,6 +22,7 @@ from model import GPT, GPTConfig
 from prefix import PREFIX_METHODS, build_prefix, method_of
 from prefixgpt.gpt2 import is_gpt2_name, load_gpt2
 from prefixgpt.methods import attach, delta_state
+from prefixgpt.peft_io import ADAPTER_CONFIG, load_peft
 from prefixgpt.torchio import safe_torch_load, save_torch
 
 CHECKPOINT_FORMAT = "prefixgpt-checkpoint/1"
@@ -183,7 +184,17 @@ def save_prefix(path: str, prefix, tokenizer: str, base_fingerprint: str | None 
 
 def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
     """Load a prefix saved by save_prefix and check that it fits `model` (and tokenizer / base weights
-    when given). Returns (prefix module, the saved dict's metadata)."""
+    when given), or a PEFT prefix-tuning or prompt-tuning folder (peft_io.load_peft), which runs on a
+    GPT-2 base. Returns (prefix module, the saved dict's metadata)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+            raise ValueError(f"{path} is a folder without {ADAPTER_CONFIG}: give a prefix file (prefix.pt) "
+                             "or a PEFT adapter folder")
+        if tokenizer not in (None, "gpt2"):
+            raise ValueError(f"{path} is a PEFT adapter, made for a GPT-2 base, but this base uses the "
+                             f"{tokenizer!r} tokenizer: pass a GPT-2 name or folder as --base")
+        prefix = load_peft(path, model)
+        return prefix, {"method": method_of(prefix), "n_prefix": prefix.n_prefix, "source": "peft"}
     blob = safe_torch_load(path, "prefix file")
     if not isinstance(blob, dict) or blob.get("format") != PREFIX_FORMAT:
         hint = " (that is a model checkpoint: pass it as --base)" if (

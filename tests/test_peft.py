@@ -191,3 +191,40 @@ def test_bad_adapter_folders_are_one_line_errors(base, tmp_path):
         t = read_safetensors(str(d / "adapter_model.safetensors"))["prompt_embeddings"]
         write_safetensors(str(d / "adapter_model.safetensors"), {"embeddings": t})
     assert "neither prompt_embeddings nor PEFT's prefix MLP" in broken("renamed", wrong_tensor)
+
+
+def test_a_peft_folder_is_a_prefix_in_the_commands(tmp_path):
+    """evaluate.py and sample.py take a PEFT adapter folder wherever they take a prefix file (PEFT's own
+    prefix tuning and prompt tuning), and score it as the module load_peft gives; a folder that is no
+    adapter is one line."""
+    import re
+    from conftest import one_line_error, run
+    from data.tasks import load_task
+    from data.tokenizer import get_tokenizer
+    from prefixgpt.scoring import task_loss
+    torch.manual_seed(0)
+    folder = str(tmp_path / "gpt2")      # GPT-2's vocabulary: the commands encode text with its tokenizer
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
+                                                         vocab_size=50257)).save_pretrained(folder)
+    model = load_gpt2(folder)
+    peft_made(folder, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P)).save_pretrained(
+        str(tmp_path / "peft_prefix"))
+    get_peft_model(hf_base(folder), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P)
+                   ).save_pretrained(str(tmp_path / "peft_prompt"))
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "name[Zizzi] ||", "completion": " Zizzi is a pub."}\n', encoding="utf-8")
+    res = run("evaluate.py", "--mode=loss", f"--base={folder}", "--with_base",
+              f"--prefix={tmp_path}/peft_prefix,{tmp_path}/peft_prompt", f"--data={data}")
+    got = dict(re.findall(r"(no prefix|peft_prefix|peft_prompt)\s+loss ([0-9.]+)", res.stdout))
+    assert set(got) == {"no prefix", "peft_prefix", "peft_prompt"}, res.stdout
+    examples, _ = load_task(str(data), get_tokenizer("gpt2"), 64 - P)
+    for name in ("peft_prefix", "peft_prompt"):      # what the command printed is the module's own loss
+        want = task_loss(model, load_peft(str(tmp_path / name), model).eval(), examples)
+        assert float(got[name]) == pytest.approx(want, abs=1e-4)
+    assert got["peft_prefix"] != got["no prefix"]
+    text = run("sample.py", f"--base={folder}", f"--prefix={tmp_path}/peft_prefix", "--prompt=name[Zizzi] ||",
+               "--max_new_tokens=3", "--temperature=0").stdout
+    assert "--- [peft_prefix] ---" in text, text
+    (tmp_path / "empty").mkdir()
+    one_line_error(run("evaluate.py", "--mode=loss", f"--base={folder}", f"--prefix={tmp_path}/empty",
+                       f"--data={data}", check=False), "a folder without adapter_config.json")
