@@ -228,3 +228,13 @@ def test_a_peft_folder_is_a_prefix_in_the_commands(tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(run("evaluate.py", "--mode=loss", f"--base={folder}", f"--prefix={tmp_path}/empty",
                        f"--data={data}", check=False), "a folder without adapter_config.json")
+
+
+def test_a_peft_folder_on_a_base_with_another_tokenizer_is_refused(base, tmp_path):
+    from prefixgpt.checkpoint import load_prefix
+    folder, model = base
+    save_peft(random_prefix("prefix", model.config), str(tmp_path / "adapter"))
+    prefix, meta = load_prefix(str(tmp_path / "adapter"), model, tokenizer="gpt2")
+    assert meta["source"] == "peft" and meta["n_prefix"] == P
+    with pytest.raises(ValueError, match="made for a GPT-2 base, but this base uses the 'gpt2_2048' tokenizer"):
+        load_prefix(str(tmp_path / "adapter"), model, tokenizer="gpt2_2048")
