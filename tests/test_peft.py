@@ -238,3 +238,41 @@ def test_a_peft_folder_on_a_base_with_another_tokenizer_is_refused(base, tmp_pat
     assert meta["source"] == "peft" and meta["n_prefix"] == P
     with pytest.raises(ValueError, match="made for a GPT-2 base, but this base uses the 'gpt2_2048' tokenizer"):
         load_prefix(str(tmp_path / "adapter"), model, tokenizer="gpt2_2048")
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_finetune_prefix_save_peft_writes_a_folder_peft_loads_with_the_same_logits(tmp_path, method):
+    """finetune_prefix.py --save_peft=DIR on a GPT-2 folder: PeftModel.from_pretrained loads DIR on the same
+    GPT-2 and gives the logits of the prefix.pt the run saved; a method with no prefix, a base that is not
+    GPT-2, or a folder that holds files is refused in one line before anything trains."""
+    from conftest import one_line_error, run
+    from prefixgpt.checkpoint import load_prefix
+    torch.manual_seed(0)
+    folder = str(tmp_path / "gpt2")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
+                                                         vocab_size=50257)).save_pretrained(folder)
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"name[{n}] ||", "completion": f" {n} is a pub."}) + "\n"
+                            for n in ("Zizzi", "Aromi", "Bibimbap")), encoding="utf-8")
+    common = [f"--base={folder}", f"--train_file={task}", f"--val_file={task}", "--n_prefix=3", "--batch_size=3",
+              "--max_iters=3", "--eval_interval=3", "--device=cpu", f"--method={method}", "--learning_rate=0.3"]
+    res = run("finetune_prefix.py", *common, f"--out_dir={tmp_path}/run", f"--save_peft={tmp_path}/peft")
+    assert "wrote the PEFT adapter folder" in res.stdout
+    model = load_gpt2(folder)
+    ours_prefix, _ = load_prefix(f"{tmp_path}/run/prefix.pt", model)
+    peft_model = PeftModel.from_pretrained(hf_base(folder), str(tmp_path / "peft")).eval()
+    x = tokens()
+    torch.testing.assert_close(ours(model, ours_prefix.eval(), x), peft_logits(peft_model, x, 3 if method == "prompt" else 0),
+                               atol=1e-4, rtol=0)
+    one_line_error(run("finetune_prefix.py", *common[:-2], "--method=lora", f"--out_dir={tmp_path}/r2",
+                       f"--save_peft={tmp_path}/p2", check=False), "trains no prefix")
+    one_line_error(run("finetune_prefix.py", *common, f"--out_dir={tmp_path}/r3", f"--save_peft={tmp_path}/peft",
+                       check=False), "is not an empty folder")
+    own = tmp_path / "own.pt"
+    from model import GPT, GPTConfig
+    from prefixgpt.checkpoint import save_checkpoint
+    save_checkpoint(str(own), GPT(GPTConfig(block_size=64, vocab_size=256, n_layer=1, n_head=2, n_embd=16)), "byte")
+    one_line_error(run("finetune_prefix.py", f"--base={own}", *common[1:], f"--out_dir={tmp_path}/r4",
+                       f"--save_peft={tmp_path}/p4", check=False), "a PEFT adapter runs on a Hugging Face GPT-2")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3" / "prefix.pt").exists()
+    assert not (tmp_path / "r4" / "prefix.pt").exists() and not (tmp_path / "p4").exists()
