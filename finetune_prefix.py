@@ -11,8 +11,9 @@ folded away when saved), prompt (soft input embeddings). For comparison, the res
 through the same loop (tuning.tune): lora, adapter, bitfit (saved as delta.pt: only what trained),
 ft-top2 and ft (saved as model.pt, a checkpoint). Writes to out_dir: prefix.pt (the best prefix, a few
 KB, with its metrics), metrics.jsonl, loss.png, config.json, summary.json. On a GPT-2 base,
---save_peft=DIR also writes the best prefix as a PEFT adapter folder that PeftModel.from_pretrained
-loads on the same GPT-2 (prefix, prefix-reparam folded, prompt; prefixgpt/peft_io.py).
+--save_peft=DIR also writes the best prefix (or LoRA) as a PEFT adapter folder that
+PeftModel.from_pretrained loads on the same GPT-2 (prefix, prefix-reparam folded, prompt, lora;
+prefixgpt/peft_io.py).
 Ctrl-C or SIGTERM stops after the current step; the best state so far stays saved.
 """
 import math
@@ -21,11 +22,12 @@ from dataclasses import asdict, dataclass
 
 from data.tokenizer import get_tokenizer
 from prefix import PREFIX_METHODS, count_parameters, freeze
-from prefixgpt.checkpoint import load_model, load_prefix, save_checkpoint, save_delta, save_prefix, weights_fingerprint
+from prefixgpt.checkpoint import (load_delta, load_model, load_prefix, save_checkpoint, save_delta, save_prefix,
+                                  weights_fingerprint)
 from prefixgpt.cli import main_guard, parse, setting
 from prefixgpt.methods import attach
 from prefixgpt.optim import make_adamw
-from prefixgpt.peft_io import save_peft
+from prefixgpt.peft_io import save_peft, save_peft_lora
 from prefixgpt.runlog import claim_run_dir, write_json, write_run_config
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 from prefixgpt.scoring import task_loss
@@ -47,9 +49,9 @@ class FinetuneConfig(TuneConfig):
     save_peft: str = ""            # also write the best prefix as a PEFT adapter folder here (a GPT-2 base)
 
     def validate(self):
-        if self.save_peft and self.method not in PREFIX_METHODS:
-            raise ValueError(f"--save_peft writes a prefix or a prompt as a PEFT folder: --method={self.method} "
-                             f"trains no prefix (use one of {', '.join(PREFIX_METHODS)})")
+        if self.save_peft and self.method not in (*PREFIX_METHODS, "lora"):
+            raise ValueError(f"--save_peft writes a prefix, a prompt or LoRA as a PEFT folder: --method={self.method} "
+                             f"has no PEFT layout here (use one of {', '.join(PREFIX_METHODS)}, lora)")
         if self.save_peft and os.path.exists(self.save_peft) and (not os.path.isdir(self.save_peft) or (
                 os.listdir(self.save_peft) and not self.overwrite)):
             raise ValueError(f"--save_peft={self.save_peft} exists and is not an empty folder: give a new one, "
@@ -126,8 +128,12 @@ def main(argv):
     print(f"done: {best['iters']} iterations in {best['seconds']:.1f} s | val loss: base alone "
           f"{best['val_loss_base']:.4f}, with {cfg.method} {best['best_val_loss']:.4f} (best, at iteration "
           f"{best['best_iter']}) | saved {path}")
-    if cfg.save_peft:   # the best prefix, as saved, in PEFT's layout
+    if cfg.save_peft and is_prefix:   # the best prefix, as saved, in PEFT's layout
         save_peft(load_prefix(path, model)[0], cfg.save_peft, base_model_name_or_path=cfg.base)
+    elif cfg.save_peft:               # the best LoRA, as saved, on a fresh copy of the base
+        best_lora, _ = load_delta(path, load_model(cfg.base, "cpu")[0])
+        save_peft_lora(best_lora, cfg.save_peft, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets, cfg.base)
+    if cfg.save_peft:
         print(f"wrote the PEFT adapter folder {cfg.save_peft} (PeftModel.from_pretrained(<{cfg.base}>, it))")
     if best["stopped_by"] is not None:
         print(f"the best {'prefix' if is_prefix else 'state'} so far is kept in {path}")

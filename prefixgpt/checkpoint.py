@@ -22,7 +22,7 @@ from model import GPT, GPTConfig
 from prefix import PREFIX_METHODS, build_prefix, method_of
 from prefixgpt.gpt2 import is_gpt2_name, load_gpt2
 from prefixgpt.methods import attach, delta_state
-from prefixgpt.peft_io import ADAPTER_CONFIG, load_peft
+from prefixgpt.peft_io import ADAPTER_CONFIG, load_peft, load_peft_lora
 from prefixgpt.torchio import safe_torch_load, save_torch
 
 CHECKPOINT_FORMAT = "prefixgpt-checkpoint/1"
@@ -234,7 +234,16 @@ def save_delta(path: str, model: GPT, method: str, settings: dict, tokenizer: st
 
 def load_delta(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
     """Attach a delta file's method to `model` (in place) and load its tensors; the same checks as a prefix
-    file: dimensions, tokenizer, base fingerprint, every tensor present. Returns (model, metadata)."""
+    file: dimensions, tokenizer, base fingerprint, every tensor present. A PEFT LoRA folder is taken too.
+    Returns (model, metadata)."""
+    if os.path.isdir(path):   # a PEFT LoRA folder (peft_io.load_peft_lora), for a GPT-2 base
+        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+            raise ValueError(f"{path} is a folder without {ADAPTER_CONFIG}: give a delta file (delta.pt) "
+                             "or a PEFT LoRA folder")
+        if tokenizer not in (None, "gpt2"):
+            raise ValueError(f"{path} is a PEFT adapter, made for a GPT-2 base, but this base uses the "
+                             f"{tokenizer!r} tokenizer: pass a GPT-2 name or folder as --base")
+        return load_peft_lora(path, model)
     blob = safe_torch_load(path, "delta file")
     if not isinstance(blob, dict) or blob.get("format") != DELTA_FORMAT:
         raise ValueError(f"{path} is not a prefixgpt delta file (format {DELTA_FORMAT})")

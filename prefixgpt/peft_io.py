@@ -4,6 +4,8 @@ Hugging Face PEFT on the same GPT-2, and a PEFT adapter runs here.
 
     save_peft(prefix, "out/e2e_peft", base_model_name_or_path="gpt2-medium")
     prefix = load_peft("out/e2e_peft", model)     # a PrefixTuning or PromptTuning module
+    save_peft_lora(model, "out/e2e_lora_peft", r, alpha, targets)   # the LoRA attached to a model
+    model, meta = load_peft_lora("out/e2e_lora_peft", model)          # attached, in place
 
 A PEFT folder holds adapter_config.json and adapter_model.safetensors. Its one tensor,
 `prompt_embeddings`, is
@@ -28,6 +30,7 @@ from data.files import read_json, write_json
 from model import GPT
 from prefix import PrefixTuning, PromptTuning
 from prefixgpt.gpt2 import read_safetensors, write_safetensors
+from prefixgpt.methods import LORA_TARGETS, LoRALinear, attach
 from prefixgpt.torchio import safe_torch_load
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -153,3 +156,75 @@ def _fold_projection(tensors, P, out_dim, C, source):
     b2 = _tensor(tensors, "transform.2.bias", (out_dim,), source, suffix_ok=True)
     with torch.no_grad():
         return torch.tanh(E @ W0.T + b0) @ W2.T + b2                                     # (P, L·2·C)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA: PEFT's layout for GPT-2 is this project's, tensor for tensor. For every adapted module M (e.g.
+# transformer.h.0.attn.c_attn), PEFT keeps lora_A.weight (r, in) and lora_B.weight (out, r) and adds
+# (lora_alpha / r)·B·A·x to the output; GPT-2's Conv1D stores its own weight transposed (fan_in_fan_out),
+# which changes W₀'s layout, not A's or B's. LoRALinear holds the same A and B with the same scaling.
+
+LORA_KEY = "base_model.model.{}.lora_{}.weight"
+
+
+def save_peft_lora(model: GPT, directory: str, r: int, alpha: float, targets, base_model_name_or_path: str = "gpt2"):
+    """Write the LoRA updates attached to `model` (methods.attach("lora", ...)) as a PEFT LORA folder."""
+    tensors = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            tensors[LORA_KEY.format(name, "A")] = module.A.detach().float().cpu().contiguous()   # (r, in)
+            tensors[LORA_KEY.format(name, "B")] = module.B.detach().float().cpu().contiguous()   # (out, r)
+    if not tensors:
+        raise ValueError("save_peft_lora: the model holds no LoRA update (train one with --method=lora)")
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+              "revision": None, "inference_mode": True, "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+              "target_modules": sorted(targets), "fan_in_fan_out": True, "bias": "none", "use_rslora": False,
+              "use_dora": False, "modules_to_save": None, "layers_to_transform": None, "init_lora_weights": True}
+    os.makedirs(directory, exist_ok=True)
+    write_safetensors(os.path.join(directory, ADAPTER_WEIGHTS), tensors, metadata={"format": "pt"})
+    write_json(os.path.join(directory, ADAPTER_CONFIG), config)   # last: a folder with a config is complete
+
+
+def load_peft_lora(directory: str, model: GPT) -> tuple[GPT, dict]:
+    """A PEFT LORA folder attached to `model` (in place) as this project's LoRA, with its tensors. Returns
+    (model, {"method": "lora", "settings": ...}). Every problem is a one-line ValueError."""
+    config_path = os.path.join(directory, ADAPTER_CONFIG)
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{directory} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
+    conf = read_json(config_path)
+    if conf.get("peft_type") != "LORA":
+        raise ValueError(f"{config_path}: peft_type {conf.get('peft_type')!r} is not LORA")
+    for key, ok in (("bias", (None, "none")), ("use_dora", (None, False)), ("modules_to_save", (None, [])),
+                    ("layers_to_transform", (None,))):
+        if conf.get(key) not in ok:
+            raise ValueError(f"{config_path}: {key}={conf.get(key)!r} is a LoRA variant this project does not hold")
+    r, alpha = conf.get("r"), conf.get("lora_alpha")
+    if not isinstance(r, int) or r < 1 or not isinstance(alpha, (int, float)):
+        raise ValueError(f"{config_path}: r={r!r} and lora_alpha={alpha!r} must be a positive integer and a number")
+    tensors, source = _read_adapter_weights(directory)
+    n_layer, targets = model.config.n_layer, set()
+    for key in tensors:
+        name = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]      # transformer.h.3.attn.c_attn
+        parts = name.split(".")
+        target = ".".join(parts[3:])
+        if parts[:2] != ["transformer", "h"] or target not in LORA_TARGETS:
+            raise ValueError(f"{source}: {key} adapts a module this project's LoRA cannot ({', '.join(LORA_TARGETS)})")
+        targets.add(target)
+    expected = {LORA_KEY.format(f"transformer.h.{i}.{t}", ab) for i in range(n_layer) for t in targets for ab in "AB"}
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)[0]
+        raise ValueError(f"{source}: {odd} is missing or extra: a LoRA here adapts every block alike")
+    # rsLoRA scales by alpha/sqrt(r); LoRALinear by alpha/r: the same update with alpha·sqrt(r)
+    scale_alpha = alpha * r ** 0.5 if conf.get("use_rslora") else alpha
+    attach("lora", model, r, scale_alpha, tuple(sorted(targets)))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoRALinear):
+                for ab in "AB":
+                    want, got = getattr(module, ab), tensors[LORA_KEY.format(name, ab)]
+                    if tuple(got.shape) != tuple(want.shape):
+                        raise ValueError(f"{source}: {LORA_KEY.format(name, ab)} has shape {tuple(got.shape)}, "
+                                         f"the model needs {tuple(want.shape)}: another base model")
+                    want.copy_(got)
+    settings = {"lora_r": r, "lora_alpha": scale_alpha, "lora_targets": sorted(targets)}
+    return model.eval(), {"method": "lora", "settings": settings, "source": "peft"}

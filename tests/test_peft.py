@@ -240,13 +240,13 @@ def test_a_peft_folder_on_a_base_with_another_tokenizer_is_refused(base, tmp_pat
         load_prefix(str(tmp_path / "adapter"), model, tokenizer="gpt2_2048")
 
 
-@pytest.mark.parametrize("method", ["prefix", "prompt"])
+@pytest.mark.parametrize("method", ["prefix", "prompt", "lora"])
 def test_finetune_prefix_save_peft_writes_a_folder_peft_loads_with_the_same_logits(tmp_path, method):
     """finetune_prefix.py --save_peft=DIR on a GPT-2 folder: PeftModel.from_pretrained loads DIR on the same
     GPT-2 and gives the logits of the prefix.pt the run saved; a method with no prefix, a base that is not
     GPT-2, or a folder that holds files is refused in one line before anything trains."""
     from conftest import one_line_error, run
-    from prefixgpt.checkpoint import load_prefix
+    from prefixgpt.checkpoint import load_delta, load_prefix
     torch.manual_seed(0)
     folder = str(tmp_path / "gpt2")
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
@@ -255,17 +255,29 @@ def test_finetune_prefix_save_peft_writes_a_folder_peft_loads_with_the_same_logi
     task.write_text("".join(json.dumps({"prompt": f"name[{n}] ||", "completion": f" {n} is a pub."}) + "\n"
                             for n in ("Zizzi", "Aromi", "Bibimbap")), encoding="utf-8")
     common = [f"--base={folder}", f"--train_file={task}", f"--val_file={task}", "--n_prefix=3", "--batch_size=3",
-              "--max_iters=3", "--eval_interval=3", "--device=cpu", f"--method={method}", "--learning_rate=0.3"]
+              "--max_iters=3", "--eval_interval=3", "--device=cpu", f"--method={method}",
+              "--learning_rate=0.03" if method == "lora" else "--learning_rate=0.3"]
     res = run("finetune_prefix.py", *common, f"--out_dir={tmp_path}/run", f"--save_peft={tmp_path}/peft")
     assert "wrote the PEFT adapter folder" in res.stdout
     model = load_gpt2(folder)
-    ours_prefix, _ = load_prefix(f"{tmp_path}/run/prefix.pt", model)
-    peft_model = PeftModel.from_pretrained(hf_base(folder), str(tmp_path / "peft")).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(hf_base(folder), str(tmp_path / "peft")).eval()
     x = tokens()
-    torch.testing.assert_close(ours(model, ours_prefix.eval(), x), peft_logits(peft_model, x, 3 if method == "prompt" else 0),
-                               atol=1e-4, rtol=0)
-    one_line_error(run("finetune_prefix.py", *common[:-2], "--method=lora", f"--out_dir={tmp_path}/r2",
-                       f"--save_peft={tmp_path}/p2", check=False), "trains no prefix")
+    if method == "lora":                       # the run's delta.pt and the folder: one update
+        tuned, _ = load_delta(f"{tmp_path}/run/delta.pt", model)
+        with torch.no_grad():
+            mine = tuned(x)[0]
+    else:
+        mine = ours(model, load_prefix(f"{tmp_path}/run/prefix.pt", model)[0].eval(), x)
+    torch.testing.assert_close(mine, peft_logits(peft_model, x, 3 if method == "prompt" else 0), atol=1e-4, rtol=0)
+    # and the folder is a delta or a prefix wherever a command takes one
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "name[Zizzi] ||", "completion": " Zizzi is a pub."}\n', encoding="utf-8")
+    flag = "--delta" if method == "lora" else "--prefix"
+    assert "loss" in run("evaluate.py", "--mode=loss", f"--base={folder}", f"{flag}={tmp_path}/peft", f"--data={data}").stdout
+    one_line_error(run("finetune_prefix.py", *common[:-2], "--method=bitfit", f"--out_dir={tmp_path}/r2",
+                       f"--save_peft={tmp_path}/p2", check=False), "has no PEFT layout here")
     one_line_error(run("finetune_prefix.py", *common, f"--out_dir={tmp_path}/r3", f"--save_peft={tmp_path}/peft",
                        check=False), "is not an empty folder")
     own = tmp_path / "own.pt"
@@ -276,3 +288,78 @@ def test_finetune_prefix_save_peft_writes_a_folder_peft_loads_with_the_same_logi
                        f"--save_peft={tmp_path}/p4", check=False), "a PEFT adapter runs on a Hugging Face GPT-2")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3" / "prefix.pt").exists()
     assert not (tmp_path / "r4" / "prefix.pt").exists() and not (tmp_path / "p4").exists()
+
+
+# -- LoRA both ways -------------------------------------------------------------------------------------
+
+def lora_peft_made(folder, targets, r=4, alpha=8, seed=9, rslora=False):
+    from peft import LoraConfig
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, target_modules=targets,
+                        fan_in_fan_out=True, lora_dropout=0.0, use_rslora=rslora)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # PEFT notes that GPT-2's Conv1D needs fan_in_fan_out
+        peft_model = get_peft_model(hf_base(folder), config).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_" in n:
+                p.normal_(std=0.5)               # B is zero at init: a random B makes the update show
+    return peft_model
+
+
+@pytest.mark.parametrize("targets,rslora", [(["c_attn"], False), (["attn.c_attn", "mlp.c_fc"], True)])
+def test_a_peft_lora_folder_loads_with_peft_logits_merged_and_not(base, tmp_path, targets, rslora):
+    from prefixgpt.methods import merge_lora
+    from prefixgpt.peft_io import load_peft_lora
+    folder, _ = base
+    peft_model = lora_peft_made(folder, targets, rslora=rslora)
+    peft_model.save_pretrained(str(tmp_path))
+    model, meta = load_peft_lora(str(tmp_path), load_gpt2(folder))
+    assert meta["settings"]["lora_r"] == 4
+    x = tokens()
+    want = peft_logits(peft_model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(merge_lora(model)(x)[0], want, atol=1e-4, rtol=0)
+
+
+def test_our_lora_saved_as_peft_loads_in_peft_with_the_same_logits(base, tmp_path):
+    from prefixgpt.methods import attach, merge_lora
+    from prefixgpt.peft_io import save_peft_lora
+    folder, _ = base
+    model = attach("lora", load_gpt2(folder), 4, 8.0, ("attn.c_attn", "attn.c_proj"))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(std=0.5)
+    save_peft_lora(model, str(tmp_path), 4, 8.0, ("attn.c_attn", "attn.c_proj"), base_model_name_or_path=folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(hf_base(folder), str(tmp_path)).eval()
+    x = tokens()
+    with torch.no_grad():
+        ours_logits = model.eval()(x)[0]
+    torch.testing.assert_close(peft_logits(peft_model, x), ours_logits, atol=1e-4, rtol=0)
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, merge_lora(model)(x)[0], atol=1e-4, rtol=0)
+
+
+def test_bad_lora_folders_are_one_line_errors(base, tmp_path):
+    from prefixgpt.peft_io import load_peft_lora
+    folder, _ = base
+    lora_peft_made(folder, ["c_attn"]).save_pretrained(str(tmp_path / "good"))
+
+    def broken(name, **changes):
+        d = tmp_path / name
+        shutil.copytree(tmp_path / "good", d)
+        edit_config(d / "adapter_config.json", **changes)
+        with pytest.raises(ValueError) as e:
+            load_peft_lora(str(d), load_gpt2(folder))
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "is a LoRA variant this project does not hold" in broken("dora", use_dora=True)
+    assert "is not LORA" in broken("prefix", peft_type="PREFIX_TUNING")
+    assert "must be a positive integer" in broken("r", r=0)
