@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 import demo
@@ -160,3 +161,39 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
                      row), row
     assert re.search(rf"label loss .* base / prefix / FT [\d.]+ / {pm} / {pm}", res.stdout)
     assert "mean ± std over seeds 0, 1" in res.stdout
+
+
+def test_a_gpt2_base_gets_settings_for_a_cpu_and_a_flag_still_wins():
+    cfg = demo.settings(["--base=gpt2"])
+    assert (cfg.steps, cfg.sentiment_steps, cfg.test_prompts, cfg.ft_learning_rate) == (40, 40, 30, 5e-5)
+    assert demo.settings(["--base=gpt2-medium", "--steps=7"]).steps == 7
+    with pytest.raises(UsageError, match="a GPT-2 name such as gpt2, or a Hugging Face GPT-2 folder"):
+        demo.settings(["--base=gpt3"])
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_on_a_gpt2_folder_with_gpt2s_tokenizer(tmp_path):
+    """demo.py --base=<a Hugging Face GPT-2 folder>: no corpus and no pretraining, the three tasks tuned and
+    scored with GPT-2's tokenizer, the same table (tiny random GPT-2: the numbers mean nothing)."""
+    import transformers
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160,
+                                                         vocab_size=50257)).save_pretrained(folder)
+    (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
+    sst2 = tmp_path / "SST-2"
+    sst2.mkdir()
+    words = ["a", "fine", "film", "about", "love", "and", "loss", "that", "never", "quite", "works", "."]
+    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{' '.join(words[:8 + i % 4])} {i}\t{i % 2}\n" for i in range(1100)), encoding="utf-8")
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\na dull , tired film .\t0\na warm and funny film .\t1\n",
+                                  encoding="utf-8")
+    env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}
+    res = subprocess.run([sys.executable, "demo.py", "--quick", f"--base={folder}", f"--out_dir={tmp_path}/out",
+                          f"--data_dir={tmp_path}/data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "train.py" not in res.stdout and f"--base={folder}" in res.stdout
+    table = res.stdout.split("=== one frozen base")[-1]
+    for task in ("e2e", "sentiment", "review"):
+        assert re.search(rf"\n{task}\s+[\d,]+ \([\d.]+%\)", table), table
+    assert (tmp_path / "out" / "report.html").is_file()
