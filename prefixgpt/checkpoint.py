@@ -182,17 +182,22 @@ def save_prefix(path: str, prefix, tokenizer: str, base_fingerprint: str | None 
     }, path)
 
 
+def check_peft_folder(path: str, tokenizer: str | None, ours: str):
+    """A folder given where a file of ours (`ours`) or a PEFT adapter folder goes: it must hold PEFT's
+    config, and PEFT adapters run on a GPT-2 base (GPT-2's tokenizer)."""
+    if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+        raise ValueError(f"{path} is a folder without {ADAPTER_CONFIG}: give {ours} or a PEFT adapter folder")
+    if tokenizer not in (None, "gpt2"):
+        raise ValueError(f"{path} is a PEFT adapter, made for a GPT-2 base, but this base uses the "
+                         f"{tokenizer!r} tokenizer: pass a GPT-2 name or folder as --base")
+
+
 def load_prefix(path: str, model: GPT, tokenizer: str | None = None, base_fingerprint: str | None = None):
     """Load a prefix saved by save_prefix and check that it fits `model` (and tokenizer / base weights
     when given), or a PEFT prefix-tuning or prompt-tuning folder (peft_io.load_peft), which runs on a
     GPT-2 base. Returns (prefix module, the saved dict's metadata)."""
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
-            raise ValueError(f"{path} is a folder without {ADAPTER_CONFIG}: give a prefix file (prefix.pt) "
-                             "or a PEFT adapter folder")
-        if tokenizer not in (None, "gpt2"):
-            raise ValueError(f"{path} is a PEFT adapter, made for a GPT-2 base, but this base uses the "
-                             f"{tokenizer!r} tokenizer: pass a GPT-2 name or folder as --base")
+        check_peft_folder(path, tokenizer, "a prefix file (prefix.pt)")
         prefix = load_peft(path, model)
         return prefix, {"method": method_of(prefix), "n_prefix": prefix.n_prefix, "source": "peft"}
     blob = safe_torch_load(path, "prefix file")
@@ -237,12 +242,7 @@ def load_delta(path: str, model: GPT, tokenizer: str | None = None, base_fingerp
     file: dimensions, tokenizer, base fingerprint, every tensor present. A PEFT LoRA folder is taken too.
     Returns (model, metadata)."""
     if os.path.isdir(path):   # a PEFT LoRA folder (peft_io.load_peft_lora), for a GPT-2 base
-        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
-            raise ValueError(f"{path} is a folder without {ADAPTER_CONFIG}: give a delta file (delta.pt) "
-                             "or a PEFT LoRA folder")
-        if tokenizer not in (None, "gpt2"):
-            raise ValueError(f"{path} is a PEFT adapter, made for a GPT-2 base, but this base uses the "
-                             f"{tokenizer!r} tokenizer: pass a GPT-2 name or folder as --base")
+        check_peft_folder(path, tokenizer, "a delta file (delta.pt)")
         return load_peft_lora(path, model)
     blob = safe_torch_load(path, "delta file")
     if not isinstance(blob, dict) or blob.get("format") != DELTA_FORMAT:

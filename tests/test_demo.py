@@ -127,11 +127,8 @@ def e2e_csv(n_mrs: int) -> str:
     return out.getvalue()
 
 
-@pytest.mark.slow
-def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
-    """--base: no corpus is built and nothing is pretrained; --seeds=0,1: a prefix and a fine-tuning per seed,
-    in folders of their own, and the table's prefix, FT and gap columns as mean ± std of the two."""
-    (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
+def sst2_dir(tmp_path):
+    """A folder of SST-2's two TSV files: 1,100 train sentences long enough for the review task, 2 dev."""
     sst2 = tmp_path / "SST-2"
     sst2.mkdir()
     words = ["a", "fine", "film", "about", "love", "and", "loss", "that", "never", "quite", "works", "."]
@@ -139,6 +136,15 @@ def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
         f"{' '.join(words[:8 + i % 4])} {i}\t{i % 2}\n" for i in range(1100)), encoding="utf-8")
     (sst2 / "dev.tsv").write_text("sentence\tlabel\na dull , tired film .\t0\na warm and funny film .\t1\n",
                                   encoding="utf-8")
+    return sst2
+
+
+@pytest.mark.slow
+def test_base_and_seeds_tune_an_existing_base_and_report_mean_and_std(tmp_path):
+    """--base: no corpus is built and nothing is pretrained; --seeds=0,1: a prefix and a fine-tuning per seed,
+    in folders of their own, and the table's prefix, FT and gap columns as mean ± std of the two."""
+    (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
+    sst2 = sst2_dir(tmp_path)
     base = tmp_path / "base" / "best.pt"
     base.parent.mkdir()
     save_checkpoint(str(base), GPT(GPTConfig(block_size=160, vocab_size=256, n_layer=1, n_head=2, n_embd=16)), "byte")
@@ -181,13 +187,7 @@ def test_the_main_job_runs_on_a_gpt2_folder_with_gpt2s_tokenizer(tmp_path):
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160,
                                                          vocab_size=50257)).save_pretrained(folder)
     (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
-    sst2 = tmp_path / "SST-2"
-    sst2.mkdir()
-    words = ["a", "fine", "film", "about", "love", "and", "loss", "that", "never", "quite", "works", "."]
-    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "".join(
-        f"{' '.join(words[:8 + i % 4])} {i}\t{i % 2}\n" for i in range(1100)), encoding="utf-8")
-    (sst2 / "dev.tsv").write_text("sentence\tlabel\na dull , tired film .\t0\na warm and funny film .\t1\n",
-                                  encoding="utf-8")
+    sst2 = sst2_dir(tmp_path)
     env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}
     res = subprocess.run([sys.executable, "demo.py", "--quick", f"--base={folder}", f"--out_dir={tmp_path}/out",
                           f"--data_dir={tmp_path}/data"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
