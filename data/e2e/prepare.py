@@ -193,20 +193,25 @@ def to_facts(mr: str, ref: str, mr_format: str, order: str = "text-first") -> st
     return "".join(lines["text-first"] * (order != "facts-first") + lines["facts-first"] * (order != "text-first"))
 
 
-def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str, facts_order: str = "text-first") -> dict:
+def write_task(splits: dict[str, list], out_dir: str, meta: dict, mr_format: str, facts_order: str = "text-first",
+               invented=()) -> dict:
     """Write <split>.jsonl, train_text.txt, train_facts.txt and meta.json, the MRs in mr_format; returns
-    meta with the split sizes and the format added."""
+    meta with the split sizes and the format added. `invented` (with_invented_names' rows) join train's
+    files; train's names in meta stay its real ones, and the invented lines are counted."""
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(meta, mr_format=mr_format, splits={})
     for name in SPLITS:
-        rows = splits[name]
+        rows = splits[name] + list(invented) * (name == "train")
         lines = [json.dumps(to_example(mr, ref, mr_format), ensure_ascii=False) + "\n" for mr, ref in rows]
         write_atomic(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines))
-        meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows}), "names": names_of(rows)}
+        meta["splits"][name] = {"lines": len(rows), "mrs": len({mr for mr, _ in rows}), "names": names_of(splits[name])}
+    if invented:
+        meta["splits"]["train"]["invented_lines"] = len(invented)
+    train = splits["train"] + list(invented)
     # only train text: pretraining on val/test references would leak the answers into the base model
-    write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in splits["train"]))
+    write_atomic(os.path.join(out_dir, "train_text.txt"), "".join(ref + "\n" for _, ref in train))
     write_atomic(os.path.join(out_dir, "train_facts.txt"),
-                 "".join(to_facts(mr, ref, mr_format, facts_order) for mr, ref in splits["train"]))
+                 "".join(to_facts(mr, ref, mr_format, facts_order) for mr, ref in train))
     write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta
 
@@ -254,20 +259,18 @@ def main(argv=None) -> dict:
     else:
         splits = download_official(args.out_dir, args.url)
         meta = {"source": args.url, "split": "official", "seed": args.seed}
-    real_names, invented = names_of(splits["train"]), with_invented_names(splits["train"], args.invented_names, args.seed)
-    if invented:   # after the split: val and test keep their real names, and their sizes
-        splits["train"] = splits["train"] + invented
+    invented = with_invented_names(splits["train"], args.invented_names, args.seed)   # after the split: train only
+    if invented:
         meta["invented_names"] = args.invented_names
     if args.facts_order != "text-first":
         meta["facts_order"] = args.facts_order
-    meta = write_task(splits, args.out_dir, meta, args.mr_format, args.facts_order)
-    if invented:   # the names a reader asks about are the real ones; the invented are counted
-        meta["splits"]["train"].update(names=real_names, invented_lines=len(invented))
-        write_json(os.path.join(args.out_dir, "meta.json"), meta)
+    meta = write_task(splits, args.out_dir, meta, args.mr_format, args.facts_order, invented)
     train_names = set(meta["splits"]["train"]["names"])
     for name, size in meta["splits"].items():
-        unseen = f", {size['invented_lines']} of the lines with invented names" if "invented_lines" in size else ""
-        unseen = unseen if name == "train" else f", {sum(n not in train_names for n in size['names'])} never in train"
+        if name != "train":
+            unseen = f", {sum(n not in train_names for n in size['names'])} never in train"
+        else:
+            unseen = f", {size['invented_lines']} of the lines with invented names" if invented else ""
         print(f"{name:5s} {size['lines']:6d} lines {size['mrs']:5d} MRs {len(size['names']):3d} names{unseen} "
               f"-> {os.path.join(args.out_dir, name)}.jsonl")
     return meta
