@@ -140,20 +140,30 @@ def facts_summary(mrs: list[str], outputs: list[str], known_names: set[str] = fr
     two an output can only copy; the rest come from a closed set of values)."""
     if len(mrs) != len(outputs):
         raise ValueError(f"{len(mrs)} MRs but {len(outputs)} outputs")
-    stated = total = names = named = wrong = added = 0
-    judged_by, stated_by = Counter(), Counter()
+    names = named = wrong = added = 0
+    judged_by, stated_by = Counter(), Counter()     # per attribute: how often an MR holds it, and it is stated
     for mr, out in zip(mrs, outputs):
         r = check_facts(mr, out, known_names)
-        judged = len(r["stated"]) + len(r["missing"]) + len(r["wrong"])
-        stated, total, wrong, added = stated + len(r["stated"]), total + judged, wrong + len(r["wrong"]), added + len(r["added"])
         judged_by.update(r["stated"] + r["missing"] + r["wrong"])
         stated_by.update(r["stated"])
+        wrong, added = wrong + len(r["wrong"]), added + len(r["added"])
         if any(k == "name" for k, _ in prompt_fields(mr)):
             names, named = names + 1, named + ("name" in r["stated"])
+    stated, total = sum(stated_by.values()), sum(judged_by.values())
     pct = lambda a, b: 100 * a / b if b else 0.0  # noqa: E731
     return {"facts": pct(stated, total), "names": pct(named, names), "wrong": pct(wrong, total),
             "added": pct(added, len(mrs)), "outputs": len(mrs),
             "by_attribute": {k: pct(stated_by[k], n) for k, n in judged_by.most_common()}}
+
+
+def facts_of_prompts(prompts: list[str], outputs: list[str]) -> dict | None:
+    """facts_summary over the prompts that are E2E MRs and their outputs, the names any of those MRs holds
+    counting as another place's; None when no prompt is an MR."""
+    pairs = [(p, o) for p, o in zip(prompts, outputs) if prompt_fields(p)]
+    if not pairs:
+        return None
+    mrs = [p for p, _ in pairs]
+    return facts_summary(mrs, [o for _, o in pairs], known_names_of(mrs))
 
 
 def known_names_of(mrs: list[str]) -> set[str]:

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.e2e.mr import prompt_fields
 from data.files import write_atomic
 from data.tasks import TaskExample, collate, read_jsonl
 from model import prefix_length, room_after
 from prefix import batch_prefixes
 from prefixgpt.decoding import beam_search, generate, prompt_as_prefix
-from prefixgpt.facts import facts_summary, known_names_of
+from prefixgpt.facts import facts_of_prompts
 from prefixgpt.metrics import accuracy, confusion_matrix, macro_f1
 from prefixgpt.nlg_metrics import e2e_scores
 
@@ -176,8 +175,7 @@ def e2e_on_rows(model, tokenizer, prefix, rows: list[dict], n: int, prompt_head:
     hyps = complete(model, tokenizer, [prefix], [h + p for h, p in zip(heads, prompts)], max_new_tokens=160)[0]
     scores = e2e_scores(hyps, [refs[p] for p in prompts])
     out = {key: scores[name] for key, name in E2E_KEYS.items()}
-    mrs = [j for j, p in enumerate(prompts) if prompt_fields(p)]
-    facts = facts_summary([prompts[j] for j in mrs], [hyps[j] for j in mrs], known_names_of(prompts)) if mrs else {}
+    facts = facts_of_prompts(prompts, hyps) or {}
     return {**out, "facts": facts.get("facts"), "names": facts.get("names")}
 
 
@@ -201,11 +199,7 @@ def generation_scores(model, tokenizer, prefixes, labels, path, max_new_tokens=1
     scored = [j for j, p in enumerate(prompts) if refs[p]]
     scores = [e2e_scores([h[j] for j in scored], [refs[prompts[j]] for j in scored]) if scored else None
               for h in hyps]
-    # facts carried, where the prompts are E2E MRs (the names any input holds count as "another place's")
-    mrs = [p for p in prompts if prompt_fields(p)]
-    names = known_names_of(mrs)
-    facts = [facts_summary(mrs, [h for p, h in zip(prompts, per_prompt) if prompt_fields(p)], names) if mrs else None
-             for per_prompt in hyps]
+    facts = [facts_of_prompts(prompts, per_prompt) for per_prompt in hyps]   # where the prompts are E2E MRs
     return {"prompts": prompts, "bleu": [None if s is None else s["BLEU"] for s in scores], "scores": scores,
             "facts": facts, "completions": hyps}
 

@@ -143,3 +143,11 @@ def test_e2e_on_rows_scores_the_first_n_prompts_against_all_their_references(mon
     assert {k: got[k] for k in scoring.E2E_KEYS} == {k: want[v] for k, v in scoring.E2E_KEYS.items()}
     assert got["names"] == 50.0 and got["facts"] == 75.0      # name + eatType; food but not the name
     assert scoring.e2e_on_rows(model, tok, None, rows, n=0) == dict.fromkeys([*scoring.E2E_KEYS, "facts", "names"])
+
+
+def test_facts_of_prompts_judges_only_the_prompts_that_are_mrs():
+    from prefixgpt.facts import facts_of_prompts
+    assert facts_of_prompts(["Positive review:", "a film ||"], ["good", "bad"]) is None
+    got = facts_of_prompts(["Positive review:", "name[A B], food[Italian] ||"], ["A B serves Italian food.", "x"])
+    want = facts_summary(["name[A B], food[Italian] ||"], ["x"], {"A B"})
+    assert got == want and got["outputs"] == 1
