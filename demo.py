@@ -46,7 +46,7 @@ from data.files import read_json, write_atomic
 from data.tasks import read_jsonl
 from prefixgpt.cli import UsageError, main_guard, parse, run_script, setting
 from prefixgpt.facts import facts_summary, known_names_of
-from prefixgpt.gpt2 import is_gpt2_name
+from prefixgpt.gpt2 import is_gpt2_base
 from prefixgpt.metrics import gap_closed, mean_std
 from prefixgpt.nlg_metrics import LI_LIANG_E2E, METRICS, e2e_scores
 from prefixgpt.report import write_report
@@ -95,15 +95,10 @@ class DemoConfig:
             raise ValueError("--tasks and --seeds need at least one value each")
         if len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"--seeds repeats a seed ({self.seeds}): mean ± std needs different runs")
-        if self.base and not (os.path.isfile(self.base) or is_gpt2(self.base)):
+        if self.base and not (os.path.isfile(self.base) or is_gpt2_base(self.base)):
             raise ValueError(f"--base={self.base}: no such file (a train.py checkpoint, such as "
                              "out/demo_long/base/best.pt after `python demo.py --long`, a GPT-2 name such as "
                              "gpt2, or a Hugging Face GPT-2 folder)")
-
-
-def is_gpt2(base: str) -> bool:
-    """A GPT-2 name (gpt2, gpt2-medium, ...) or a Hugging Face GPT-2 folder: tuned with GPT-2's tokenizer."""
-    return bool(base) and (is_gpt2_name(base) or os.path.isfile(os.path.join(base, "config.json")))
 
 
 class Tee(io.TextIOBase):
@@ -227,7 +222,7 @@ def settings(argv) -> DemoConfig:
     if cfg.long or cfg.sst2:   # 4 × the pretraining, 1200 tuning steps a task, except what was set explicitly
         cfg = replace(cfg, **{k: v for k, v in dict(pretrain_iters=4 * cfg.pretrain_iters, steps=1200,
                                                     sentiment_steps=400).items() if k not in seen})
-    if is_gpt2(cfg.base) and not cfg.quick:   # GPT-2 on a CPU: a prefix step ~2.5 s, a full fine-tuning step ~5 s
+    if is_gpt2_base(cfg.base) and not cfg.quick:   # GPT-2 on a CPU: a prefix step ~2.5 s, a full fine-tuning step ~5 s
         cfg = replace(cfg, **{k: v for k, v in dict(steps=40, sentiment_steps=40, test_prompts=30, test_reviews=100,
                                                     ft_learning_rate=5e-5).items() if k not in seen})
     if cfg.sst2:   # the in-domain SST-2 run: the prefix's decision is slow to learn, so 8 × --long's steps

@@ -20,7 +20,7 @@ import torch
 
 from model import GPT, GPTConfig
 from prefix import PREFIX_METHODS, build_prefix, method_of
-from prefixgpt.gpt2 import is_gpt2_name, load_gpt2
+from prefixgpt.gpt2 import is_gpt2_base, load_gpt2
 from prefixgpt.methods import attach, delta_state
 from prefixgpt.peft_io import ADAPTER_CONFIG, load_peft, load_peft_lora
 from prefixgpt.torchio import safe_torch_load, save_torch
@@ -143,7 +143,7 @@ def load_model(path: str, device="cpu"):
     """A base model, from a checkpoint written by train.py or from GPT-2's weights (a name such as
     gpt2-medium, or a Hugging Face folder). Returns (model in eval mode, checkpoint dict); for GPT-2 the
     dict holds what a checkpoint would: its model_config and the gpt2 tokenizer."""
-    if is_gpt2_name(path) or os.path.isfile(os.path.join(path, "config.json")):
+    if is_gpt2_base(path):
         model = load_gpt2(path)
         return model.to(device).eval(), {"model_config": vars(model.config).copy(), "tokenizer": "gpt2",
                                          "source": path}

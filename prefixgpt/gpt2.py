@@ -151,6 +151,12 @@ def is_gpt2_name(spec: str) -> bool:
     return spec in GPT2_NAMES
 
 
+def is_gpt2_base(spec: str) -> bool:
+    """A GPT-2 a --base can name: one of the hub's four sizes, or a local Hugging Face folder (config.json).
+    load_model reads these with load_gpt2, everything else as a train.py checkpoint."""
+    return bool(spec) and (is_gpt2_name(spec) or os.path.isfile(os.path.join(spec, "config.json")))
+
+
 def hf_cache_dir(name: str, cache_dir: str | None = None) -> str:
     """Where a downloaded model lives: cache_dir, else $PREFIXGPT_HF_CACHE, else ~/.cache/prefixgpt/hf;
     then the model's name."""

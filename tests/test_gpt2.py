@@ -22,7 +22,7 @@ from safetensors import safe_open
 from finetune_prefix import FinetuneConfig
 from prefixgpt.cli import parse
 from prefixgpt.decoding import generate
-from prefixgpt.gpt2 import is_gpt2_name, load_gpt2, read_safetensors, write_safetensors
+from prefixgpt.gpt2 import is_gpt2_base, is_gpt2_name, load_gpt2, read_safetensors, write_safetensors
 
 VOCAB = 101
 
@@ -210,6 +210,7 @@ def test_a_folder_without_weights_or_config_and_an_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="neither a folder nor a GPT-2 name"):
         load_gpt2("gpt3")
     assert is_gpt2_name("gpt2-medium") and not is_gpt2_name("gpt2-tiny")
+    assert is_gpt2_base("gpt2") and not is_gpt2_base("") and not is_gpt2_base("out/demo/base/best.pt")
 
 
 # -- the hub, played by a local HTTP server --------------------------------------------------------
