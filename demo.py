@@ -48,7 +48,7 @@ from prefixgpt.cli import UsageError, main_guard, parse, run_script, setting
 from prefixgpt.facts import facts_summary, known_names_of
 from prefixgpt.gpt2 import is_gpt2_base
 from prefixgpt.metrics import gap_closed, mean_std
-from prefixgpt.nlg_metrics import LI_LIANG_E2E, METRICS, e2e_scores
+from prefixgpt.nlg_metrics import METRICS, e2e_scores, li_liang_numbers
 from prefixgpt.report import write_report
 
 HIGHER_BETTER = ("BLEU-4", "accuracy")   # test measures where more is better; the rest are losses
@@ -203,9 +203,8 @@ def results_table(rows: list[dict], seeds: list[int]) -> str:
             if all(by):
                 lines.append(f"{r['task']}, the prefix's facts stated by attribute: " + ", ".join(
                     f"{k} {mean_std([b.get(k) for b in by], 0, one_bare=True)}%" for k in by[0]))
-            lines.append("  (Li & Liang, GPT-2 medium on E2E's official test, their numbers, not these: prefix "
-                         + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; METEOR here is a "
-                         "variant without synonyms)")
+            lines.append("  (Li & Liang, GPT-2 medium on E2E's official test, their numbers, not these: "
+                         + li_liang_numbers("prefix") + "; METEOR here is a variant without synonyms)")
         if (v := verdict(r)):
             lines.append(f"{r['task']}: {v}")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from model import room_after
 from prefixgpt.checkpoint import is_saved_model_file, load_delta, load_model, load_prefixes, weights_fingerprint
 from prefixgpt.cli import main_guard, parse, setting
 from prefixgpt.metrics import format_confusion
-from prefixgpt.nlg_metrics import LI_LIANG_E2E
+from prefixgpt.nlg_metrics import li_liang_numbers
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 from prefixgpt.scoring import classification_scores, completion_bytes, generation_scores, task_loss
 
@@ -114,10 +114,8 @@ def main(argv):
                 print(f"  {'':{width}}  facts stated, by attribute: " + ", ".join(
                     f"{k} {v:.0f}%" for k, v in facts["by_attribute"].items()))
         if any(res["facts"]):
-            print("  (Li & Liang, GPT-2 medium, E2E's official test, their numbers: prefix "
-                  + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; fine-tuning "
-                  + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["fine-tuning"].items())
-                  + ". METEOR here is a variant: prefixgpt/nlg_metrics.py)")
+            print("  (Li & Liang, GPT-2 medium, E2E's official test, their numbers: "
+                  + li_liang_numbers("prefix", "fine-tuning") + ". METEOR here is a variant: prefixgpt/nlg_metrics.py)")
     elif cfg.mode == "classify":
         print(f"{cfg.base} on {cfg.data}: classification by label likelihood")
         for name, prefix in zip(names, prefixes):

@@ -71,12 +71,12 @@ from prefixgpt import metrics  # noqa: E402
 from prefixgpt.checkpoint import load_model, weights_fingerprint  # noqa: E402
 from prefixgpt.cli import main_guard, one_line, parse, setting  # noqa: E402
 from prefixgpt.methods import METHODS, attach  # noqa: E402
-from prefixgpt.nlg_metrics import LI_LIANG_E2E  # noqa: E402
+from prefixgpt.nlg_metrics import li_liang_numbers  # noqa: E402
 from prefixgpt.metrics import mean_std  # noqa: E402
 from prefixgpt.optim import make_adamw  # noqa: E402
 from prefixgpt.runlog import CellLog, fmt_time  # noqa: E402
 from prefixgpt.runtime import DEVICE_PATTERN, setup_runtime  # noqa: E402
-from prefixgpt.scoring import classify, e2e_on_rows, full_split_loss, label_candidates, task_loss  # noqa: E402
+from prefixgpt.scoring import E2E_KEYS, classify, e2e_on_rows, full_split_loss, label_candidates, task_loss  # noqa: E402
 from prefixgpt.tuning import TuneConfig, make_prefix, tune  # noqa: E402
 
 LR_GRID = {"prefix": [1e-2, 3e-2, 1e-1], "prefix-reparam": [1e-3, 3e-3, 1e-2], "prompt": [1e-2, 3e-2, 1e-1],
@@ -88,8 +88,10 @@ DESCRIPTIONS = {   # the tasks compare.py knows, and the line a few-shot prompt 
     "sst2": "Say whether each movie review is positive or negative.\n",
 }
 INIT_TEXT = {"e2e": "name eatType food area near", "sst2": "the movie review is positive or negative"}   # --init=text
-SCORES = {"e2e": {"bleu": "BLEU-4", "nist": "NIST", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
-                  "facts": "facts %", "names": "names %"}, "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}   # test columns
+# test columns, row key → heading: for E2E, e2e_on_rows' keys (scoring.E2E_KEYS) and the facts it carries
+SCORES = {"e2e": {**{k: "BLEU-4" if name == "BLEU" else name for k, name in E2E_KEYS.items()},
+                  "facts": "facts %", "names": "names %"},
+          "sst2": {"accuracy": "accuracy", "macro_f1": "macro-F1"}}
 
 
 @dataclass
@@ -496,10 +498,9 @@ def main(argv):
     md = table([r for r in rows if r["size"] == 0], b.data["val_base"], b.data["corpus_base"], base_scores,
                SCORES[cfg.task])
     if cfg.task == "e2e":   # the paper's table, for scale: another model, another test set
-        md += ("\n\nLi & Liang (GPT-2 medium, E2E's official test; their numbers, not these): prefix "
-               + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["prefix"].items()) + "; fine-tuning "
-               + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E["fine-tuning"].items())
-               + ". METEOR here is a variant without synonyms (prefixgpt/nlg_metrics.py).")
+        md += ("\n\nLi & Liang (GPT-2 medium, E2E's official test; their numbers, not these): "
+               + li_liang_numbers("prefix", "fine-tuning") + ". METEOR here is a variant without synonyms "
+               "(prefixgpt/nlg_metrics.py).")
     everything = [r for r in rows if r["size"] == 0]
     if any(r["method"] == "ft" for r in everything):
         shares = {m: gaps_per_seed(everything, m, b.data["val_base"]) for m in dict.fromkeys(r["method"] for r in everything)

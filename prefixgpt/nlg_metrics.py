@@ -45,6 +45,12 @@ LI_LIANG_E2E = {"fine-tuning": {"BLEU": 68.2, "NIST": 8.62, "METEOR": 46.2, "ROU
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr")
 
 
+def li_liang_numbers(*rows: str) -> str:
+    """Their table's rows as text, e.g. li_liang_numbers("prefix", "fine-tuning") →
+    "prefix BLEU 69.7, NIST 8.81, …; fine-tuning BLEU 68.2, …", for the scripts that print them beside ours."""
+    return "; ".join(f"{row} " + ", ".join(f"{k} {v}" for k, v in LI_LIANG_E2E[row].items()) for row in rows)
+
+
 def _check(hypotheses, references):
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
