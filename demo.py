@@ -82,7 +82,7 @@ class DemoConfig:
     # E2E train lines again under made-up names (prepare.py --invented_names), in the task and the Facts
     # lines: with 8 names in train, memorising them is cheaper than reading the MR; with these it is not
     invented_names: int = setting(10, min=0)
-    test_prompts: int = setting(100, min=1)   # E2E test MRs decoded for BLEU (the offline test split has 55)
+    test_prompts: int = setting(100, min=1)   # E2E test MRs decoded for BLEU (the offline test split has 129)
     test_reviews: int = setting(400, min=1)   # test reviews scored by loss (of 872)
     beam: int = setting(1, min=1)             # 1 = greedy for the BLEU scores; the paper uses 5 (slower)
     long: bool = False             # 4 × the pretraining, steps 1200, sentiment 400 (about 17 minutes)
@@ -280,9 +280,9 @@ def main(argv):
         tune = [f"--max_iters={steps}", f"--eval_interval={steps}", f"--log_interval={max(steps // 4, 1)}",
                 "--eval_examples=200" if not cfg.quick else "--eval_examples=32"]
         # per seed: val losses, and test scores as [prefix, FT]; the base alone (no seed) is scored once,
-        # with the first seed's run. "test" is each model's test measure (BLEU-4, accuracy, test loss),
-        # "more": what is printed beside it (E2E's five scores and facts; the label loss)
-        row = {"task": task, "steps": steps, "prefix": [], "ft": [], "test": [], "more": []}
+        # with the first seed's run. Each score dict's "test" is the model's test measure (BLEU-4, accuracy,
+        # test loss); its other keys are what is printed beside it (E2E's five scores and facts; the label loss)
+        row = {"task": task, "steps": steps, "prefix": [], "ft": [], "test": []}
         for i, seed in enumerate(cfg.seeds):
             tag = "" if len(cfg.seeds) == 1 else f"_s{seed}"
             run([py, "finetune_prefix.py", toml, f"--base={base}", f"--out_dir={out}/{task}_prefix{tag}",

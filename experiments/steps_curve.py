@@ -23,7 +23,7 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from data.files import read_json, write_atomic  # noqa: E402
+from data.files import atomic_write, read_json, write_atomic  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 from prefixgpt.checkpoint import load_model, load_prefixes  # noqa: E402
 from prefixgpt.cli import UsageError, main_guard, parse, run_script, setting  # noqa: E402
@@ -104,11 +104,12 @@ def plot(cfg: CurveConfig, curve: dict, path: str):
             ax = axes[r][c]
             for m, colour in zip(measures, ["C0", "C1", "C2"]):
                 for method, style in (("prefix", "-o"), ("ft", "--s")):
-                    ys = [curve[key(sweep, task, method, x)][m] for x in xs if key(sweep, task, method, x) in curve]
-                    if m == "majority" and method == "ft":
+                    if m == "majority" and method == "ft":   # one line for the commonest label, not two
                         continue
+                    done = [x for x in xs if key(sweep, task, method, x) in curve]   # a resumed sweep may lack some
                     name = "commonest label" if m == "majority" else f"{m} ({'prefix' if method == 'prefix' else 'FT'})"
-                    ax.plot(xs[:len(ys)], ys, style, color="grey" if m == "majority" else colour, label=name)
+                    ax.plot(done, [curve[key(sweep, task, method, x)][m] for x in done], style,
+                            color="grey" if m == "majority" else colour, label=name)
             if task == "e2e":
                 ax.axhline(60, color="C0", lw=0.6, ls=":")   # #25's targets: names 60%, facts 70%, BLEU 35
                 ax.axhline(70, color="C1", lw=0.6, ls=":")
@@ -119,7 +120,8 @@ def plot(cfg: CurveConfig, curve: dict, path: str):
             ax.set_title(f"{task}: {'unseen-name test MRs' if task == 'e2e' else 'SST-2 dev accuracy'}")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))   # as every figure here: whole or not at all
+    plt.close(fig)
 
 
 def key(sweep, task, method, steps):
