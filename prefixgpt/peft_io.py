@@ -78,10 +78,7 @@ def save_peft(prefix: PrefixTuning | PromptTuning, directory: str, base_model_na
 def load_peft(directory: str, model: GPT) -> PrefixTuning | PromptTuning:
     """A PEFT prefix-tuning or prompt-tuning folder as this project's module, checked against `model`.
     Every problem is a one-line ValueError that says what is wrong."""
-    config_path = os.path.join(directory, ADAPTER_CONFIG)
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{directory} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
-    conf = read_json(config_path)
+    config_path, conf = _read_config(directory)
     peft_type = conf.get("peft_type")
     if peft_type not in ("PREFIX_TUNING", "PROMPT_TUNING"):
         raise ValueError(f"{config_path}: peft_type {peft_type!r} is not one this project holds "
@@ -114,6 +111,14 @@ def load_peft(directory: str, model: GPT) -> PrefixTuning | PromptTuning:
     with torch.no_grad():
         prefix.prefix.copy_(flat.view(P, L, 2, nh, hd).permute(1, 2, 3, 0, 4))           # (L, 2, nh, P, hd)
     return prefix
+
+
+def _read_config(directory: str) -> tuple[str, dict]:
+    """(the path of a PEFT folder's adapter_config.json, its contents); a folder without one is a ValueError."""
+    config_path = os.path.join(directory, ADAPTER_CONFIG)
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{directory} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
+    return config_path, read_json(config_path)
 
 
 def _read_adapter_weights(directory: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -188,10 +193,7 @@ def save_peft_lora(model: GPT, directory: str, r: int, alpha: float, targets, ba
 def load_peft_lora(directory: str, model: GPT) -> tuple[GPT, dict]:
     """A PEFT LORA folder attached to `model` (in place) as this project's LoRA, with its tensors. Returns
     (model, {"method": "lora", "settings": ...}). Every problem is a one-line ValueError."""
-    config_path = os.path.join(directory, ADAPTER_CONFIG)
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{directory} has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
-    conf = read_json(config_path)
+    config_path, conf = _read_config(directory)
     if conf.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type {conf.get('peft_type')!r} is not LORA")
     for key, ok in (("bias", (None, "none")), ("use_dora", (None, False)), ("modules_to_save", (None, [])),
