@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import ROOT
 import demo
@@ -181,11 +180,8 @@ def test_a_gpt2_base_gets_settings_for_a_cpu_and_a_flag_still_wins():
 def test_the_main_job_runs_on_a_gpt2_folder_with_gpt2s_tokenizer(tmp_path):
     """demo.py --base=<a Hugging Face GPT-2 folder>: no corpus and no pretraining, the three tasks tuned and
     scored with GPT-2's tokenizer, the same table (tiny random GPT-2: the numbers mean nothing)."""
-    import transformers
-    torch.manual_seed(0)
-    folder = tmp_path / "gpt2"
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=160,
-                                                         vocab_size=50257)).save_pretrained(folder)
+    from test_gpt2 import gpt2_vocab_folder
+    folder = gpt2_vocab_folder(tmp_path / "gpt2", n_positions=160)   # the demo's context of 160 tokens
     (tmp_path / "devset.csv").write_text(e2e_csv(60), encoding="utf-8")
     sst2 = sst2_dir(tmp_path)
     env = {**os.environ, "PREFIXGPT_E2E": str(tmp_path / "devset.csv"), "PREFIXGPT_SST2": str(sst2)}

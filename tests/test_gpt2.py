@@ -41,6 +41,15 @@ def tiny_hf_model(seed=0, scale=8.0):
     return model
 
 
+def gpt2_vocab_folder(folder, n_positions=64, seed=0) -> str:
+    """A tiny random GPT-2 with GPT-2's whole vocabulary, written to folder: for the commands, which encode
+    real text with GPT-2's tokenizer (tiny_hf_model's 101 tokens would not hold its ids)."""
+    torch.manual_seed(seed)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=n_positions,
+                                                         vocab_size=50257)).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     """(folder written by save_pretrained, the transformers model)."""
@@ -396,10 +405,7 @@ def test_the_scripts_take_a_gpt2_folder_as_their_base(tmp_path):
     """finetune_prefix.py --base, evaluate.py --ckpt and sample.py --ckpt accept a Hugging Face GPT-2
     folder: the GPT-2 tokenizer, a fingerprinted base, and the prefix refused on another base."""
     from conftest import one_line_error as one_line_run, run
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
-    folder = tmp_path / "gpt2"
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    folder = gpt2_vocab_folder(tmp_path / "gpt2")
     rows = [{"prompt": f"name[{n}] ||", "completion": f" {n} is a pub."} for n in ("Zizzi", "Aromi", "Bibimbap")]
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -413,7 +419,5 @@ def test_the_scripts_take_a_gpt2_folder_as_their_base(tmp_path):
     assert "prefix.pt  BLEU-4" in res.stdout and "no prefix  BLEU-4" in res.stdout
     res = run("sample.py", f"--base={folder}", prefix, "--prompt=name[Zizzi] ||", "--max_new_tokens=4")
     assert "--- [prefix.pt] ---" in res.stdout
-    torch.manual_seed(1)
-    other = tmp_path / "other"
-    transformers.GPT2LMHeadModel(config).save_pretrained(other)
+    other = gpt2_vocab_folder(tmp_path / "other", seed=1)
     one_line_run(run("sample.py", f"--base={other}", prefix, check=False), "trained on another base model")

@@ -17,7 +17,7 @@ from prefix import PrefixTuning, PromptTuning
 from prefixgpt.gpt2 import load_gpt2
 from prefixgpt.gpt2 import read_safetensors, write_safetensors
 from prefixgpt.peft_io import load_peft, save_peft
-from test_gpt2 import VOCAB, tiny_hf_model
+from test_gpt2 import VOCAB, gpt2_vocab_folder, tiny_hf_model
 
 P = 4
 # PEFT calls a transformers method that transformers 5.24 deprecates; not ours to fix
@@ -202,10 +202,7 @@ def test_a_peft_folder_is_a_prefix_in_the_commands(tmp_path):
     from data.tasks import load_task
     from data.tokenizer import get_tokenizer
     from prefixgpt.scoring import task_loss
-    torch.manual_seed(0)
-    folder = str(tmp_path / "gpt2")      # GPT-2's vocabulary: the commands encode text with its tokenizer
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
-                                                         vocab_size=50257)).save_pretrained(folder)
+    folder = gpt2_vocab_folder(tmp_path / "gpt2")   # GPT-2's vocabulary: the commands encode text with its tokenizer
     model = load_gpt2(folder)
     peft_made(folder, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P)).save_pretrained(
         str(tmp_path / "peft_prefix"))
@@ -247,10 +244,7 @@ def test_finetune_prefix_save_peft_writes_a_folder_peft_loads_with_the_same_logi
     GPT-2, or a folder that holds files is refused in one line before anything trains."""
     from conftest import one_line_error, run
     from prefixgpt.checkpoint import load_delta, load_prefix
-    torch.manual_seed(0)
-    folder = str(tmp_path / "gpt2")
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
-                                                         vocab_size=50257)).save_pretrained(folder)
+    folder = gpt2_vocab_folder(tmp_path / "gpt2")
     task = tmp_path / "task.jsonl"
     task.write_text("".join(json.dumps({"prompt": f"name[{n}] ||", "completion": f" {n} is a pub."}) + "\n"
                             for n in ("Zizzi", "Aromi", "Bibimbap")), encoding="utf-8")
