@@ -4,6 +4,7 @@ finetune_prefix.py — freeze a pretrained GPT and train only a prefix: argmin_P
     python finetune_prefix.py --base=out/demo/base/best.pt --train_file=data/e2e/train.jsonl \\
         --val_file=data/e2e/val.jsonl --out_dir=out/e2e_prefix --method=prefix --n_prefix=10
     python finetune_prefix.py config/finetune_e2e.toml --method=prompt
+    torchrun --standalone --nproc_per_node=2 finetune_prefix.py ...   # data parallel: batch_size per process
     python finetune_prefix.py --help
 
 Methods: prefix (a free key/value prefix in every layer), prefix-reparam (the same through an MLP,
@@ -15,6 +16,9 @@ KB, with its metrics), metrics.jsonl, loss.png, config.json, summary.json. On a 
 PeftModel.from_pretrained loads on the same GPT-2 (prefix, prefix-reparam folded, prompt, lora;
 prefixgpt/peft_io.py).
 Ctrl-C or SIGTERM stops after the current step; the best state so far stays saved.
+Under torchrun every method trains data parallel (prefixgpt/distributed.py): each process takes its share
+of a global batch of batch_size × processes examples, only the trainable tensors' gradients are averaged,
+rank 0 writes every file; NCCL on GPUs (one a process), Gloo on CPU.
 """
 import math
 import os
@@ -25,13 +29,13 @@ from prefix import PREFIX_METHODS, count_parameters, freeze
 from prefixgpt.checkpoint import (load_delta, load_model, load_prefix, save_checkpoint, save_delta, save_prefix,
                                   weights_fingerprint)
 from prefixgpt.cli import main_guard, parse, setting
+from prefixgpt.distributed import leave, quiet_unless_master, setup_processes
 from prefixgpt.methods import attach
 from prefixgpt.optim import make_adamw
 from prefixgpt.peft_io import save_peft, save_peft_lora
 from prefixgpt.runlog import claim_run_dir, write_json, write_run_config
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
-from prefixgpt.scoring import task_loss
-from prefixgpt.tuning import TuneConfig, check_frozen_unchanged, load_examples, make_prefix, tune
+from prefixgpt.tuning import TuneConfig, check_frozen_unchanged, load_examples, make_prefix, tune, val_loss
 
 
 @dataclass
@@ -61,8 +65,11 @@ class FinetuneConfig(TuneConfig):
 def main(argv):
     cfg = FinetuneConfig()
     parse(argv, cfg, prog="finetune_prefix.py", description=__doc__.split("\n\n")[0])
-    claim_run_dir(cfg.out_dir, "tune", cfg.overwrite)
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    par = setup_processes(cfg.device)   # rank 0 of 1, unless torchrun started several processes
+    quiet_unless_master(par)
+    if par.master:
+        claim_run_dir(cfg.out_dir, "tune", cfg.overwrite)
+    rt = setup_runtime(par.device, cfg.dtype, cfg.seed)
 
     # 1. the pretrained base θ, and the score to beat: its val loss with no prefix
     model, ckpt = load_model(cfg.base, rt.device)
@@ -74,7 +81,7 @@ def main(argv):
     tokenizer = get_tokenizer(ckpt["tokenizer"])
     is_prefix = cfg.method in PREFIX_METHODS
     train, val = load_examples(cfg, tokenizer, model.config.block_size, cfg.n_prefix if is_prefix else 0)
-    base_loss = task_loss(model, None, val, ctx=rt.autocast)
+    base_loss = val_loss(model, None, val, rt, par)
     print(f"the base alone (no prefix): val loss {base_loss:.4f} (perplexity {math.exp(min(base_loss, 50)):.2f})")
 
     # 2. freeze θ: no base parameter takes a gradient
@@ -102,9 +109,10 @@ def main(argv):
     counts = count_parameters(model, prefix, n_base)
     print(f"{cfg.method}: " + (f"P={cfg.n_prefix} | " if is_prefix else "") + f"trainable {counts['trainable']:,} "
           f"| frozen {counts['frozen']:,} | {counts['percent']:.3f}% of the base | {len(train)} train / {len(val)} "
-          f"val examples | {rt.device}, {rt.dtype}")
-    write_run_config(cfg.out_dir, "tune", {"finetune": asdict(cfg), "parameters": counts,
-                                           "base_fingerprint": fingerprint})
+          f"val examples | {rt.device}{f' x{par.world}' if par.enabled else ''}, {rt.dtype}")
+    if par.master:
+        write_run_config(cfg.out_dir, "tune", {"finetune": asdict(cfg), "parameters": counts,
+                                               "base_fingerprint": fingerprint, "world_size": par.world})
 
     # 5. train (prefixgpt/tuning.py: the loop every method shares), keeping the best state by val loss
     path = os.path.join(cfg.out_dir, OUTPUT[kind_of(cfg.method)])
@@ -117,7 +125,9 @@ def main(argv):
             save_delta(path, model, cfg.method, delta_settings(cfg), tokenizer.name, fingerprint, metrics)
         else:
             save_checkpoint(path, model, tokenizer.name, val_loss=best["val_loss"])
-    best = tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss, save_best, cfg.out_dir)
+    best = tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss, save_best, cfg.out_dir, par)
+    if not par.master:    # rank 0 checks and writes what follows; the others wait for it in leave
+        leave(130 if best["stopped_by"] is not None else 0, par)
 
     # 6. proof that only P trained: every frozen tensor still equals the base file, bit for bit
     n_frozen = check_frozen_unchanged(originals, cfg.base)
@@ -137,7 +147,7 @@ def main(argv):
         print(f"wrote the PEFT adapter folder {cfg.save_peft} (PeftModel.from_pretrained(<{cfg.base}>, it))")
     if best["stopped_by"] is not None:
         print(f"the best {'prefix' if is_prefix else 'state'} so far is kept in {path}")
-        raise SystemExit(130)
+    leave(130 if best["stopped_by"] is not None else 0, par)
 
 
 def kind_of(method: str) -> str:

@@ -12,18 +12,17 @@ Writes to out_dir: last.pt and best.pt (atomic), config.json, metrics.jsonl, los
 import contextlib
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from data.bins import load_bin
 from model import GPT, GPTConfig
 from prefixgpt.checkpoint import load_checkpoint, save_checkpoint
 from prefixgpt.cli import main_guard, parse, setting, validate
+from prefixgpt.distributed import agree_to_stop, leave, setup_processes
 from prefixgpt.optim import cosine_lr, make_adamw, set_lr
 from prefixgpt.runlog import MetricsLog, claim_run_dir, finite_or_none, fmt_time, write_json, write_run_config
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, StopOnSignal, setup_runtime
@@ -111,18 +110,6 @@ def resolve_configs(argv):
     return cfg, model_cfg, seen, ckpt
 
 
-def setup_processes(device: str):
-    """Data parallel when torchrun started us (WORLD_SIZE > 1): NCCL on GPUs, Gloo on CPU.
-    Returns (ddp, rank, world, device): each GPU process takes the card of its LOCAL_RANK."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False, 0, 1, device
-    gpu = torch.cuda.is_available() and device in ("auto", "cuda")
-    dist.init_process_group(backend="nccl" if gpu else "gloo")
-    if gpu:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return True, dist.get_rank(), dist.get_world_size(), device
-
-
 def check_data(cfg, model_cfg, ckpt, train_data, val_data, meta):
     """The corpus must fit the model: its tokenizer, vocabulary and length."""
     if ckpt is None:
@@ -157,25 +144,10 @@ def restore_state(ckpt, optimizer, batch_gen, cfg, rank, device) -> tuple[int, f
     return iter_num, ckpt["best_val_loss"]
 
 
-def agree_to_stop(stop: StopOnSignal, ddp: bool, device) -> bool:
-    """True when any process got a signal. Under DDP the ranks must agree: one rank leaving the loop
-    while another waits in the next gradient all-reduce would hang both. Called at log steps only, as
-    reading the flag waits for the GPU."""
-    if not ddp:
-        return stop.signal is not None
-    flag = torch.tensor([float(stop.signal or 0)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    # decide from the reduced flag alone: a signal landing after the all-reduce must not make this
-    # rank leave while the others go on (it is sent at the next log step)
-    agreed = int(flag.item())
-    if agreed and stop.signal is None:
-        stop.signal = agreed
-    return agreed > 0
-
-
 def main(argv):
     cfg, model_cfg, seen, ckpt = resolve_configs(argv)
-    ddp, rank, world, device = setup_processes(cfg.device)
+    par = setup_processes(cfg.device)
+    ddp, rank, world, device = par.enabled, par.rank, par.world, par.device
     rt = setup_runtime(device, cfg.dtype, seed=cfg.seed + rank)
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
@@ -208,16 +180,16 @@ def main(argv):
         f"{tokens_per_iter:,} tokens/iter")
     run = Run(cfg, model_cfg, rt, raw_model, optimizer, meta["tokenizer"], batch_gen, iter_num, best_val, master)
     with StopOnSignal() as stop:
-        train_loop(run, model, train_data, val_data, stop, ddp, say, tokens_per_iter)
+        train_loop(run, model, train_data, val_data, stop, par, say, tokens_per_iter)
     if stop.signal is not None:
         if master:
             run.save("last.pt")
         say(f"stopped by signal {stop.signal} at iteration {run.iter_num}; saved {cfg.out_dir}/last.pt. "
             "Continue with the same command plus --resume.")
-        leave(130, ddp)
+        leave(130, par)
     if master:
         finish(run, val_data, say)
-    leave(0, ddp)
+    leave(0, par)
 
 
 class Run:
@@ -257,7 +229,7 @@ class Run:
                           f"{self.model_cfg.n_layer}L {self.model_cfg.n_embd}d")
 
 
-def train_loop(run: Run, model, train_data, val_data, stop, ddp, say, tokens_per_iter):
+def train_loop(run: Run, model, train_data, val_data, stop, par, say, tokens_per_iter):
     """nanoGPT's loop: evaluate (and save) at the top, then one optimiser step of grad_accum micro-steps,
     then log. The next batch is fetched while the backward pass is queued (they overlap on GPUs)."""
     cfg, rt, block = run.cfg, run.rt, run.model_cfg.block_size
@@ -275,7 +247,7 @@ def train_loop(run: Run, model, train_data, val_data, stop, ddp, say, tokens_per
             set_lr(run.optimizer, lr := cosine_lr(run.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
                                                   cfg.lr_decay_iters))
             for micro in range(cfg.grad_accum):
-                sync = (not ddp) or micro == cfg.grad_accum - 1
+                sync = (not par.enabled) or micro == cfg.grad_accum - 1
                 with (model.no_sync() if not sync else contextlib.nullcontext()), rt.autocast:
                     _, loss = model(x, y)
                     loss = loss / cfg.grad_accum
@@ -310,9 +282,9 @@ def train_loop(run: Run, model, train_data, val_data, stop, ddp, say, tokens_per
                         run.log.write(iter=run.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms,
                                       tokens_per_s=tokens_per_iter / (ms / 1000))
                 t_last, window_s, steps_since_log = time.time(), 0.0, 0
-                if agree_to_stop(stop, ddp, rt.device):
+                if agree_to_stop(stop, par):
                     break
-            elif not ddp and stop.signal is not None:
+            elif not par.enabled and stop.signal is not None:
                 break
     except FloatingPointError as e:
         raise ValueError(f"{e}: training diverged; the last good checkpoint is kept in {cfg.out_dir} "
@@ -340,20 +312,6 @@ def finish(run: Run, val_data, say):
     best = f"{run.best_val:.4f}" if math.isfinite(run.best_val) else "n/a"
     say(f"done: {done} iterations ({run.t_train:.1f} s training, {summary['ms_per_iter']:.1f} ms/iter) | val "
         f"loss final {val}, best {best} (estimates) | whole val split {full_val:.4f} | {cfg.out_dir}")
-
-
-def leave(status: int, ddp: bool):
-    """End the run. Under DDP: wait until every rank is done (rank 0 writes the last checkpoint and
-    summary), flush, and exit at once. Running torch's destructors instead can deadlock: Gloo's process
-    group joins its worker thread while holding the GIL, and that thread may still need the GIL to free
-    its last finished work item (seen here with 2 CPU processes under load). All files are closed by now."""
-    if ddp:
-        dist.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    if status:
-        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,15 @@ def full_split_loss(model, data: np.ndarray, block_size: int, batch_size: int, d
 @torch.no_grad()
 def task_loss(model, prefix, examples, batch_size=32, ctx=contextlib.nullcontext()) -> float:
     """Mean loss per target token (completion + end marker) over examples, with the prefix."""
+    total, count = task_loss_terms(model, prefix, examples, batch_size, ctx)
+    if count == 0:
+        raise ValueError("no completion tokens to score: every example's completion is empty or cut off")
+    return total / count
+
+
+def task_loss_terms(model, prefix, examples, batch_size=32, ctx=contextlib.nullcontext()) -> tuple[float, int]:
+    """(summed loss, number of target tokens) over examples: what task_loss divides, and what processes
+    that each scored a shard of the examples add up before dividing (prefixgpt/distributed.py)."""
     total, count = 0.0, 0
     device = next(model.parameters()).device
     examples = sorted(examples, key=lambda e: len(e.tokens))   # a sum: the order is free, and this pads least
@@ -73,9 +82,7 @@ def task_loss(model, prefix, examples, batch_size=32, ctx=contextlib.nullcontext
             mask = y != -1
             total += F.cross_entropy(logits[mask].float(), y[mask], reduction="sum").item()
             count += int(mask.sum())
-    if count == 0:
-        raise ValueError("no completion tokens to score: every example's completion is empty or cut off")
-    return total / count
+    return total, count
 
 
 def completion_bytes(tokenizer, examples) -> int:

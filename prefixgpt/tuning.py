@@ -23,11 +23,12 @@ from model import room_after
 from prefix import PromptTuning, build_prefix, init_text_tokens
 from prefixgpt.checkpoint import load_model
 from prefixgpt.cli import setting
+from prefixgpt.distributed import Parallel
 from prefixgpt.methods import LORA_TARGETS, METHODS
 from prefixgpt.optim import cosine_lr, set_lr
 from prefixgpt.runlog import MetricsLog, fmt_time
 from prefixgpt.runtime import StopOnSignal
-from prefixgpt.scoring import task_loss
+from prefixgpt.scoring import task_loss_terms
 
 
 @dataclass
@@ -94,17 +95,36 @@ def check_frozen_unchanged(originals: dict, path: str) -> int:
     return len(frozen)
 
 
+def val_loss(model, prefix, val, rt, par: Parallel = Parallel()) -> float:
+    """The mean loss per target token over val (scoring.task_loss). Under torchrun each rank scores its
+    share of val and the sums are added, so every rank gets the same number (and the same early stop)."""
+    total, count = par.sum(*task_loss_terms(model, prefix, par.share(val), ctx=rt.autocast))
+    if count == 0:
+        raise ValueError("no completion tokens to score: every example's completion is empty or cut off")
+    return total / count
+
+
 def tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss: float, save_best,
-         log_dir: str | None = None) -> dict:
+         log_dir: str | None = None, par: Parallel = Parallel()) -> dict:
     """Minimise loss_fn(x, y) with optimizer over train, an evaluation on val every eval_interval steps
     (the prefix's loss, or the model's if prefix is None), save_best(best) at each better val loss, early
-    stopping. Returns the summary."""
-    log = MetricsLog(log_dir, append=False) if log_dir else None
-    params = [p for p in (prefix if prefix is not None else model).parameters() if p.requires_grad]   # to clip
-    stream = batches(train, min(cfg.batch_size, len(train)), seed=cfg.seed)
+    stopping. Returns the summary.
+
+    Under torchrun (par from prefixgpt/distributed.py) a step's global batch is batch_size × world
+    examples, the same on every rank; each rank computes the gradient of its share, the trainable
+    tensors' gradients are averaged, and every rank takes the same step. Rank 0 alone calls save_best
+    and logs; the same global batches in one process give the same prefix (tests/test_distributed.py)."""
+    log = MetricsLog(log_dir, append=False) if log_dir and par.master else None
+    params = [p for p in (prefix if prefix is not None else model).parameters() if p.requires_grad]
+    par.broadcast(params)   # every rank starts from rank 0's prefix (or LoRA, adapters)
+    global_batch = cfg.batch_size * par.world
+    if len(train) < par.world:
+        raise ValueError(f"{len(train)} training examples cannot be shared by {par.world} processes: "
+                         "use fewer processes or more examples")
+    stream = batches(train, min(global_batch, len(train)), seed=cfg.seed)
 
     def evaluate(it, known=None):
-        loss = task_loss(model, prefix, val, ctx=rt.autocast) if known is None else known
+        loss = val_loss(model, prefix, val, rt, par) if known is None else known
         print(f"eval @ {it}: val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.2f})"
               + (" = the base alone: the method starts as the base" if known is not None else ""))
         if log:
@@ -114,42 +134,51 @@ def tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss: floa
     # LoRA (B = 0), adapters (W_up = 0), BitFit and fine-tuning leave the model as it was at step 0
     # (tests/test_methods.py), so their first evaluation is the base's loss, measured once already
     best = {"val_loss": evaluate(0, None if prefix is not None else base_loss), "iter": 0}
-    save_best(best)
-    bad_evals, it, t0 = 0, 0, time.time()
+    if par.master:
+        save_best(best)
+    bad_evals, it, t0, stopping = 0, 0, time.time(), False
     t_last, bad_loss = t0, torch.zeros((), dtype=torch.bool, device=rt.device)
     model.train()  # dropout of the base (if any) as in its pretraining; frozen weights stay frozen
     with StopOnSignal() as stop:
-        while it < cfg.max_iters and stop.signal is None:
+        while it < cfg.max_iters and not stopping:
             set_lr(optimizer, lr := cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters))
-            x, y = collate(next(stream), rt.device)
+            x, y = collate(par.share(next(stream)), rt.device)     # this rank's share of the global batch
             with rt.autocast:
-                loss = loss_fn(x, y)
+                loss = loss_fn(x, y) * par.token_weight(y)          # × 1 in one process
             bad_loss |= ~torch.isfinite(loss.detach())   # checked at log steps: no GPU sync every step
             optimizer.zero_grad(set_to_none=True)
             rt.scaler.scale(loss).backward()
+            par.average_gradients(params)                # the global batch's gradient, on every rank
             if cfg.grad_clip > 0:
                 rt.scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             rt.scaler.step(optimizer)
             rt.scaler.update()
             it += 1
+            stopping = not par.enabled and stop.signal is not None   # under torchrun: at log steps, agreed
             if it % cfg.log_interval == 0 or it == cfg.max_iters:
-                if bool(bad_loss):
+                signal = par.max(stop.signal or 0)          # any rank's signal stops every rank
+                if signal and stop.signal is None:
+                    stop.signal = signal
+                stopping = signal > 0
+                if par.any(bool(bad_loss))[0]:
                     raise ValueError(f"the loss became NaN or inf by iteration {it}: lower --learning_rate; "
                                      f"the best state so far (val loss {best['val_loss']:.4f}) is kept")
                 ms = (time.time() - t_last) * 1000 / (cfg.log_interval if it % cfg.log_interval == 0
                                                        else it % cfg.log_interval)
                 t_last = time.time()
-                print(f"iter {it}/{cfg.max_iters} | loss {loss.item():.4f} | lr {lr:.2e} | {ms:.0f} ms/iter | "
+                shown = par.sum(loss.item())[0] / par.world   # the global batch's loss (Σ_r n_r·L_r / N)
+                print(f"iter {it}/{cfg.max_iters} | loss {shown:.4f} | lr {lr:.2e} | {ms:.0f} ms/iter | "
                       f"ETA {fmt_time((cfg.max_iters - it) * ms / 1000)}")
                 if log:
-                    log.write(iter=it, loss=loss.item(), lr=lr, ms_per_iter=ms)
+                    log.write(iter=it, loss=shown, lr=lr, ms_per_iter=ms)
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                val_loss = evaluate(it)
+                loss_now = evaluate(it)
                 model.train()
-                if val_loss < best["val_loss"]:
-                    best, bad_evals = {"val_loss": val_loss, "iter": it}, 0
-                    save_best(best)
+                if loss_now < best["val_loss"]:
+                    best, bad_evals = {"val_loss": loss_now, "iter": it}, 0
+                    if par.master:
+                        save_best(best)
                 else:
                     bad_evals += 1
                     if bad_evals >= cfg.patience:

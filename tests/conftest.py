@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import runpy
+import signal
 import subprocess
 import sys
 
@@ -91,3 +92,59 @@ def tiny_config():
 def tiny_model(tiny_config):
     torch.manual_seed(0)
     return GPT(tiny_config).eval()
+
+
+# -- torchrun: several processes of one script ------------------------------------------------------------
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                                reason="finds the torchrun worker processes through /proc (Linux)")
+
+
+def start_torchrun(script, *args, log, nproc=2):
+    """`torchrun --standalone --nproc_per_node=nproc script args` in the repo root, one thread a process.
+    Output goes to a file, not a pipe: torchrun starts each worker in a session of its own, so after a
+    timeout a stuck worker would keep a pipe open and the test would hang instead of failing."""
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", script, *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def torchrun(script, *args, log_path, nproc=2, timeout=240):
+    """Run start_torchrun to the end: (exit status, what it printed). Every process still running after
+    timeout seconds whose command line holds this run's --out_dir (a test's own folder) is killed."""
+    out_dir = next(a for a in args if a.startswith("--out_dir="))
+    with open(log_path, "w") as log:
+        proc = start_torchrun(script, *args, log=log, nproc=nproc)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_processes_mentioning(out_dir)
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the {nproc}-process run did not finish in {timeout} s:\n" + open(log_path).read())
+    return proc.returncode, open(log_path).read()
+
+
+def read_proc(pid, name):
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read()
+
+
+def worker_pids(text):
+    """Processes whose command line contains text (a launcher and its workers)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text.encode() in read_proc(pid, "cmdline") and pid != str(os.getpid()):
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def kill_processes_mentioning(text):
+    for pid in worker_pids(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, RunsCode, run
+from conftest import (ROOT, RunsCode, kill_processes_mentioning, needs_proc, read_proc, run, start_torchrun,
+                      torchrun, worker_pids)
 from data.shakespeare.prepare import prepare
 from data.tokenizer import ByteTokenizer
 
@@ -64,55 +65,14 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
         assert a[it] == b[it], (it, a[it], b[it])
 
 
-needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"),
-                                reason="finds the DDP worker processes through /proc (Linux)")
-
-
-def read_proc(pid, name):
-    with open(f"/proc/{pid}/{name}", "rb") as f:
-        return f.read()
-
-
-def worker_pids(text):
-    """Processes whose command line contains text (a launcher and its workers)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if text.encode() in read_proc(pid, "cmdline") and b"train.py" in read_proc(pid, "cmdline"):
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
-
-
-def kill_processes_mentioning(text):
-    for pid in worker_pids(text):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def test_two_process_data_parallel_run_with_gloo(corpus, tmp_path):
     out = str(tmp_path / "ddp")
     # Output goes to a file, not a pipe: torchrun starts each worker in a session of its own, so after a
     # timeout a stuck worker would keep a pipe open and the test would hang instead of failing.
     log_path = tmp_path / "ddp.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 "--nproc_per_node=2", "train.py", f"--data_dir={corpus}", f"--out_dir={out}",
-                                 "--max_iters=6", "--lr_decay_iters=6", "--eval_interval=6", "--plot=false", *TINY],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            proc.wait(timeout=240)
-        except subprocess.TimeoutExpired:
-            kill_processes_mentioning(out)
-            proc.kill()
-            proc.wait()
-            pytest.fail("the 2-process run did not finish in 240 s:\n" + log_path.read_text())
-    stdout = log_path.read_text()
-    assert proc.returncode == 0, stdout
+    code, stdout = torchrun("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=6",
+                            "--lr_decay_iters=6", "--eval_interval=6", "--plot=false", *TINY, log_path=log_path)
+    assert code == 0, stdout
     assert "device cpu x2" in stdout
     assert "256 tokens/iter" in stdout                # 4 sequences × 32 tokens × 2 processes
     assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["iter_num"] == 6
@@ -144,11 +104,8 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(corpus, tmp_
     out = str(tmp_path / "ddp_stop")
     log_path = tmp_path / "ddp_stop.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                 "--nproc_per_node=2", "train.py", f"--data_dir={corpus}", f"--out_dir={out}",
-                                 "--max_iters=100000", "--eval_interval=0", "--plot=false", *TINY],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = start_torchrun("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=100000",
+                              "--eval_interval=0", "--plot=false", *TINY, log=log)
         try:
             deadline = time.time() + 120
             while "iter 5/" not in log_path.read_text() and time.time() < deadline:
