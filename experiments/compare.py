@@ -42,9 +42,21 @@ base's weights (their fingerprint), the cell's settings and how many val and tes
 a rerun skips the cells already there, so an interrupted grid resumes, while another base or task in
 the same out_dir runs cells of its own.
 Writes <out_dir>/results.md and the plots beside it.
+
+Cells are independent runs, so several processes can share a grid (each on its own GPU where there are
+several; on a CPU, each on a share of the cores):
+
+    torchrun --standalone --nproc_per_node=4 experiments/compare.py --quick
+
+Every process walks the same grid; of each list of cells that can run at once (the seed-0 rate cells of
+every method, then every seed, size and prefix length at the picked rates) process r runs those at
+positions r, r + N, ... and then waits until the others' rows are in results.jsonl (the one file they
+share, appended a whole line at a time); a rate past the grid's edge is run by one process, chosen by its
+key, while the others wait for it. Process 0 prints the grid and writes results.md.
 """
 import contextlib
 import copy
+import hashlib
 import io
 import math
 import os
@@ -70,6 +82,7 @@ from prefix import PREFIX_METHODS, count_parameters  # noqa: E402
 from prefixgpt import metrics  # noqa: E402
 from prefixgpt.checkpoint import load_model, weights_fingerprint  # noqa: E402
 from prefixgpt.cli import main_guard, one_line, parse, setting  # noqa: E402
+from prefixgpt.distributed import Parallel, quiet_unless_master  # noqa: E402
 from prefixgpt.methods import METHODS, attach  # noqa: E402
 from prefixgpt.nlg_metrics import li_liang_numbers  # noqa: E402
 from prefixgpt.metrics import mean_std  # noqa: E402
@@ -256,17 +269,59 @@ def run_cell(cfg, rt, b: Base, method, seed, size, lr, n_prefix) -> dict:
             **test_scores(cfg, b, model, prefix), "forgetting": forgetting, "seconds": time.time() - t0}
 
 
-def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
-    """One grid cell: its row from results.jsonl, or run now and appended there. The key holds all that
-    made the row, the task and the base's weights too: another base or task in the same out_dir runs its
-    own cells instead of reading these."""
+WORKERS = Parallel()   # which of the processes that share this grid this one is (main sets it under torchrun)
+
+
+def worker_slot(device: str) -> tuple[Parallel, str]:
+    """This process's place among those torchrun started (RANK, WORLD_SIZE; rank 0 of 1 without torchrun),
+    and its device: the GPU of its LOCAL_RANK where there are GPUs. The processes share nothing but
+    results.jsonl, so no process group is set up."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return Parallel(rank, world, device), device
+
+
+def cell_key(cfg, b: Base, method, lr, seed, size, p) -> str:
+    """What a cell's row is keyed by: all that made it, the task and the base's weights too, so another base
+    or task in the same out_dir runs its own cells instead of reading these."""
     init = "" if cfg.init == "random" or method not in PREFIX_METHODS else "|init=text"   # old keys stay valid
     # how many val and test examples scored it, and the room they had to fit (the grid's longest prefix
     # decides it, so --p_sweep changes the val set): a row scored on others is not the same measurement
     # (a classification cell's row also holds its val label loss, which picks the rate: "+label_loss")
     scored = (f"val={cfg.val_examples}{'+label_loss' if b.data['labels'] else ''}"
               f"|test={cfg.test_examples if b.data['labels'] else cfg.test_prompts}|room={b.data['room']}")
-    key = f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}|{scored}"
+    return f"run|{cfg.task}|{b.fingerprint}|{method}{init}|{lr}|{seed}|{size}|{p}|{cfg.steps}|{cfg.batch_size}|{scored}"
+
+
+def wait_for(results, keys: list[str], poll_s: float = 1.0):
+    """Until every key has its row in results.jsonl: written by the other processes of the grid."""
+    while any(k not in results.rows for k in keys):
+        time.sleep(poll_s)
+        results.refresh()
+
+
+def spread(cfg, rt, b: Base, results, cells: list[tuple], t0):
+    """Run a list of cells that do not depend on one another, shared among the grid's processes: this one
+    runs positions rank, rank + world, ..., then waits for the rest. One process: nothing to do here (the
+    grid runs each cell where it first needs it, in its own order)."""
+    if WORKERS.world == 1:
+        return
+    for i, c in enumerate(cells):
+        if i % WORKERS.world == WORKERS.rank:
+            cell(cfg, rt, b, results, *c, t0, mine=True)
+    wait_for(results, [cell_key(cfg, b, *c) for c in cells])
+
+
+def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0, mine: bool | None = None) -> dict:
+    """One grid cell: its row from results.jsonl, or run now and appended there (cell_key says what the row
+    is keyed by). Shared among processes, a cell nobody ran yet is run by the one spread gave it to
+    (mine=True) or else by the one its key picks; the others wait for its row."""
+    key = cell_key(cfg, b, method, lr, seed, size, p)
+    if mine is None:
+        mine = int(hashlib.sha1(key.encode()).hexdigest(), 16) % WORKERS.world == WORKERS.rank
+    if key not in results.rows and not mine:
+        wait_for(results, [key])
     if key not in results.rows:
         row = run_cell(cfg, rt, b, method, seed, size, lr, p)
         results.add({"cell": key, "kind": "run", "task": cfg.task, "base": b.path, "base_fingerprint": b.fingerprint,
@@ -274,8 +329,10 @@ def cell(cfg, rt, b: Base, results, method, lr, seed, size, p, t0) -> dict:
         r = results.rows[key]
         scores = " | ".join(f"{name} {'n/a' if r.get(k) is None else round(r[k], 3)}"
                             for k, name in SCORES[cfg.task].items())
-        print(f"{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss {r['val_loss']:.4f} "
-              f"| {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True)
+        who = f"[{WORKERS.rank}/{WORKERS.world}] " if WORKERS.enabled else ""
+        print(f"{who}{method:15} seed {seed} size {size or 'all':>4} P {p:>2} lr {lr:.0e} | val loss {r['val_loss']:.4f} "
+              f"| {scores} | {r['seconds']:.0f} s | {fmt_time(time.time() - t0)} so far", flush=True,
+              file=sys.__stdout__ if WORKERS.enabled else sys.stdout)   # every process shows its own cells
     return results.rows[key]
 
 
@@ -328,20 +385,30 @@ def grid(cfg, rt, b: Base, results, t0, sizes, p_sweep):
     """Every method on b: its learning rate picked, then every seed and size (and, for prefix, every length
     of p_sweep on all the data). Returns (the rows at n_prefix, the prefix-length sweep's rows)."""
     rows, sweep = [], []
+    trained = [m for m in cfg.methods if m != "fewshot"]
+    spread(cfg, rt, b, results, [(m, lr, 0, 0, cfg.n_prefix) for m in trained
+                                 for lr in (LR_GRID[m] if cfg.lr_grid else LR_GRID[m][1:2])], t0)
+    rates = {m: 0.0 if m == "fewshot" else pick_lr(cfg, rt, b, results, m, t0) for m in cfg.methods}
+    spread(cfg, rt, b, results, [(m, rates[m], *run) for m in cfg.methods for run in runs_of(cfg, m, sizes, p_sweep)], t0)
     for method in cfg.methods:
-        lr = 0.0 if method == "fewshot" else pick_lr(cfg, rt, b, results, method, t0)
-        runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in sizes]
-        if method == "prefix":
-            runs += [(seed, 0, p) for seed in cfg.seeds for p in p_sweep if p != cfg.n_prefix]
-        if method == "fewshot":
-            runs = [(0, 0, 0)]    # nothing is trained: no seed or size changes it
-        for seed, size, p in runs:
+        lr = rates[method]
+        for seed, size, p in runs_of(cfg, method, sizes, p_sweep):
             r = cell(cfg, rt, b, results, method, lr, seed, size, p, t0)
             if method == "prefix" and size == 0:
                 sweep.append(r)                       # the prefix-length curve
             if not (method == "prefix" and p != cfg.n_prefix):
                 rows.append(r)                        # the table and the low-data curves
     return rows, sweep
+
+
+def runs_of(cfg, method: str, sizes, p_sweep) -> list[tuple[int, int, int]]:
+    """A method's (seed, size, n_prefix) cells at its picked rate; the prefix also sweeps its length."""
+    if method == "fewshot":
+        return [(0, 0, 0)]    # nothing is trained: no seed or size changes it
+    runs = [(seed, size, cfg.n_prefix) for seed in cfg.seeds for size in sizes]
+    if method == "prefix":
+        runs += [(seed, 0, p) for seed in cfg.seeds for p in p_sweep if p != cfg.n_prefix]
+    return runs
 
 
 def gaps_per_seed(rows, method: str, base_loss: float) -> list[float]:
@@ -485,7 +552,10 @@ def main(argv):
     if cfg.pick_on in ("label_loss", "accuracy") and not labels:
         raise ValueError(f"--pick_on={cfg.pick_on} scores a choice among labels: --task={cfg.task} has none "
                          "(use --pick_on=loss or auto)")
-    rt = setup_runtime(cfg.device, "float32", 0)
+    global WORKERS
+    WORKERS, device = worker_slot(cfg.device)
+    quiet_unless_master(WORKERS)
+    rt = setup_runtime(device, "float32", 0)
     b = load_base(cfg, rt, cfg.base, task_dir, labels)
     prints = check_bases(cfg.bases, b.tokenizer.name)
     base_scores = test_scores(cfg, b, b.model, None)
@@ -515,7 +585,8 @@ def main(argv):
                + sizes_table(rows, cfg.sizes, first[0], first[1]))
     if len({r["n_prefix"] for r in sweep}) > 1:
         md += "\n\nPrefix length (prefix, all the data)\n\n" + sweep_table(sweep)
-    plots(rows, sweep, cfg.out_dir, b.data["val_base"])
+    if WORKERS.master:
+        plots(rows, sweep, cfg.out_dir, b.data["val_base"])
     budget = []
     for path, fingerprint in prints.items():   # the base-budget axis: one base at a time, all the data
         other = b if fingerprint == b.fingerprint else load_base(cfg, rt, path, task_dir, labels)
@@ -526,10 +597,12 @@ def main(argv):
     if budget:
         md += ("\n\nBase budget: each base on all the data (mean ± std over seeds)\n\n"
                + budget_table(budget, cfg.methods, next(iter(SCORES[cfg.task].items()))))
-        if "ft" in cfg.methods:
+        if "ft" in cfg.methods and WORKERS.master:
             plot_bases(budget, cfg.methods, cfg.out_dir)
         else:
             print("note: no results_bases.png: the share of the base→FT gap needs ft among --methods")
+    if not WORKERS.master:
+        return                # process 0 writes the table and the plots
     write_atomic(os.path.join(cfg.out_dir, "results.md"), md + "\n")
     n_runs = len({r["cell"] for r in rows + sweep + [r for e in budget for r in e["rows"]]})   # each cell once
     print(f"\n{md}\n\n{n_runs} runs; this invocation took {fmt_time(time.time() - t0)}; "

@@ -126,8 +126,12 @@ class CellLog:
 
     def __init__(self, path: str):
         self.path, self.rows = path, {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
+        self.refresh()
+
+    def refresh(self):
+        """Read the rows the file holds now (other processes of the same grid append to it too)."""
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
                 for line in f:
                     try:
                         row = json.loads(line)
@@ -136,8 +140,14 @@ class CellLog:
                         pass   # a line cut by a crash mid-write: that cell runs again
 
     def add(self, row: dict):
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # one write() of the whole line to a file opened for appending: the line lands whole at the end,
+        # even when other processes of the grid append to the same file at the same time
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            line = (json.dumps(row) + "\n").encode("utf-8")
+            if os.write(fd, line) != len(line):
+                raise OSError(f"{self.path}: a short write (disk full?); the cell runs again next time")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.rows[row["cell"]] = row

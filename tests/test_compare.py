@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import run
+from conftest import run, torchrun
 from data.shakespeare.prepare import prepare
 from data.sst2.prepare import write_task
 from data.tasks import TaskExample, demonstrations, fewshot_heads
@@ -315,3 +315,24 @@ def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
     monkeypatch.setattr(compare, "cell", fake_cell)
     assert compare.pick_lr(compare.CompareConfig(), None, None, None, "prefix", 0) == 0.1
     assert runs == [0.01, 0.03, 0.1, 0.3]
+
+
+def test_two_processes_share_a_grid_and_write_the_rows_one_process_writes(sst2_setup, tmp_path):
+    # every rate cell, the picks (bracketed past the grid's edge) and every seed: each cell run once, by
+    # one of the two processes, and the same rows as one process running all of them
+    grid = [a for a in sst2_setup if not a.startswith(("--seeds", "--lr_grid"))] + [
+        "--methods=prefix,lora,fewshot", "--seeds=0,1"]
+    compare.main(grid + [f"--out_dir={tmp_path}/one"])
+    code, text = torchrun("experiments/compare.py", *grid, f"--out_dir={tmp_path}/two", log_path=tmp_path / "two.log",
+                          timeout=120)
+    assert code == 0, text
+    one = [json.loads(line) for line in open(tmp_path / "one" / "results.jsonl")]
+    two = [json.loads(line) for line in open(tmp_path / "two" / "results.jsonl")]
+    assert sorted(r["cell"] for r in two) == sorted(r["cell"] for r in one)    # each cell once, none missing
+    assert "[0/2]" in text and "[1/2]" in text, text                          # both processes ran cells
+    by_cell = {r["cell"]: r for r in one}
+    for r in two:
+        assert r["val_loss"] == pytest.approx(by_cell[r["cell"]]["val_loss"], abs=1e-4), r["cell"]
+    assert (tmp_path / "two" / "results.md").read_text() .splitlines()[0] == \
+        (tmp_path / "one" / "results.md").read_text().splitlines()[0]
+
