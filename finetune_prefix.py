@@ -51,6 +51,7 @@ class FinetuneConfig(TuneConfig):
     device: str = setting("auto", pattern=DEVICE_PATTERN)
     dtype: str = setting("auto", choices=DTYPES)
     save_peft: str = ""            # also write the best prefix as a PEFT adapter folder here (a GPT-2 base)
+    grad_checkpoint: bool = False  # recompute each block in the backward: less memory, about a third more time
 
     def validate(self):
         if self.save_peft and self.method not in (*PREFIX_METHODS, "lora"):
@@ -73,6 +74,7 @@ def main(argv):
 
     # 1. the pretrained base θ, and the score to beat: its val loss with no prefix
     model, ckpt = load_model(cfg.base, rt.device)
+    model.grad_checkpoint = cfg.grad_checkpoint   # a prefix needs every layer's activations: recompute them
     if cfg.save_peft and ckpt["tokenizer"] != "gpt2":
         raise ValueError(f"--save_peft: a PEFT adapter runs on a Hugging Face GPT-2, and {cfg.base} is a "
                          f"{ckpt['tokenizer']} model: pass a GPT-2 name or folder as --base")

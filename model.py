@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 KV = tuple[torch.Tensor, torch.Tensor]  # one layer's (key, value), each (B or 1, nh, L, hd)
 
@@ -271,6 +272,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.fast_attention = True  # False: the literal softmax(...) path; tests hold the two equal
+        self.grad_checkpoint = False  # True: keep only each block's input for the backward (--grad_checkpoint)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -338,9 +340,17 @@ class GPT(nn.Module):
         pos = token_positions(T, n_past, prefix_mask, tok_emb.device)                    # (1 or B, T)
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))                  # (B, T, C)
         present = []
+        recompute = self.grad_checkpoint and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.transformer.h):
             prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]    # (B|1, nh, P, hd)
-            x, kv = block(x, prefix_k, prefix_v, prefix_mask, self.fast_attention, cache)
+            if recompute:
+                # activation checkpointing: the backward pass runs this block again from its input x
+                # instead of reading the activations it saved; the prefix is an input like x, so its
+                # gradient comes out of the rerun too (dropout replays the same masks)
+                x, kv = checkpoint(block, x, prefix_k, prefix_v, prefix_mask, self.fast_attention,
+                                   use_reentrant=False)
+            else:
+                x, kv = block(x, prefix_k, prefix_v, prefix_mask, self.fast_attention, cache)
             present.append(kv)
         if cache is not None:
             cache.advance(T)

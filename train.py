@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = setting("auto", pattern=DEVICE_PATTERN)   # auto | cpu | cuda | cuda:N | mps
     dtype: str = setting("auto", choices=DTYPES)  # auto: bfloat16 autocast on CUDA cards that have it, else fp32
     compile: bool = False         # torch.compile (worth it on GPUs; off by default because CPU gains little)
+    grad_checkpoint: bool = False  # recompute each block in the backward: less memory, about a third more time
     plot: bool = True             # redraw out_dir/loss.png at every evaluation
 
 
@@ -161,6 +162,7 @@ def main(argv):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(rt.device)
+    model.grad_checkpoint = cfg.grad_checkpoint
     optimizer = make_adamw(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), rt.device_type)
     batch_gen = torch.Generator().manual_seed(cfg.seed + rank)
     iter_num, best_val = 0, float("inf")

@@ -9,7 +9,7 @@ Hugging Face transformers + PEFT.
     python checks/bench.py --suite=prefix --quick            # the same at tiny settings (seconds; a smoke test)
     python checks/bench.py --suite=prefix --size=both --device=cuda   # on a GPU, bf16 (about 4 minutes on an H100)
 
---suite=prefix is described at prefix_suite below. The rest of this note is about pretraining.
+--suite=prefix is described at prefix_suite below (section 6: activation checkpointing). The rest of this note is about pretraining.
 
 Both train nanoGPT's README "baby" settings (4 layers, 4 heads, 128 wide, block 64, batch 12, 2000
 iterations, lr 1e-3, dropout 0, on CPU) on Tiny Shakespeare. The two runs never share the CPU: they
@@ -534,9 +534,10 @@ def largest_batch(make_step, limit: int = 1024) -> int:
     return good
 
 
-def memory_limits(model, rt, T: int) -> dict:
+def memory_limits(model, rt, T: int, grad_checkpoint: bool = False) -> dict:
     """Section 5: the largest batch of T-token sequences whose tuning step fits in GPU memory, for prefix
-    tuning (frozen base: no weight gradients, no optimiser state for it) and full fine-tuning."""
+    tuning (frozen base: no weight gradients, no optimiser state for it) and full fine-tuning; with
+    grad_checkpoint, each with activation checkpointing."""
     import copy
     import gc
 
@@ -554,15 +555,58 @@ def memory_limits(model, rt, T: int) -> dict:
         return make_step
     out = {}
     frozen = freeze(copy.deepcopy(model)).train()
+    frozen.grad_checkpoint = grad_checkpoint
     prefix = PrefixTuning(model.config, N_PREFIX).to(rt.device)
     out["prefix tuning"] = largest_batch(stepper(frozen, prefix, make_adamw(prefix, 1e-3, 0.0, device_type=rt.device_type)))
     del frozen, prefix
     gc.collect()
     full = copy.deepcopy(model).train()
+    full.grad_checkpoint = grad_checkpoint
     out["full fine-tuning"] = largest_batch(stepper(full, None, make_adamw(full, 1e-3, 0.1, device_type=rt.device_type)))
     del full
     gc.collect()
     torch.cuda.empty_cache()
+    return out
+
+
+def checkpointing(model, w: Workload, rt, rounds: int, budget_gib: float = 80.0) -> dict:
+    """Section 6: activation checkpointing (model.grad_checkpoint, --grad_checkpoint): the tuning step's
+    time and what it holds, prefix tuning and full fine-tuning, each with and without it. The sequences
+    that fit in budget_gib are estimated from the bytes read off the tensors: (budget - parameters,
+    gradients and optimiser state) / (activations per sequence; checkpointed, plus one block's, which the
+    backward pass holds while it reruns that block). On a GPU, section 5 measures them."""
+    import copy
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, model.config.vocab_size, (w.tune_batch, w.tune_T), generator=g).to(rt.device)
+    y = torch.roll(x, -1, 1)
+    frozen, full = freeze(copy.deepcopy(model)).train(), copy.deepcopy(model).train()
+    prefix = PrefixTuning(model.config, N_PREFIX).to(rt.device)
+    sides = {"prefix tuning": (frozen, [frozen, prefix], make_adamw(prefix, 1e-3, 0.0, device_type=rt.device_type),
+                               lambda: frozen(x, y, prefix_kv=prefix(frozen))[1]),
+             "full fine-tuning": (full, [full], make_adamw(full, 1e-3, 0.1, device_type=rt.device_type),
+                                  lambda: full(x, y)[1])}
+
+    def switched(m, on, loss_fn):   # the same step with the model's checkpointing set as asked
+        def fn():
+            m.grad_checkpoint = on
+            return loss_fn()
+        return fn
+    fns, mem = {}, {}
+    for name, (m, modules, opt, loss_fn) in sides.items():
+        for on in (False, True):
+            key = name + (", checkpointed" if on else "")
+            fns[key] = optimiser_step(switched(m, on, loss_fn), opt, rt)
+            with rt.autocast:
+                mem[key] = memory_bytes(modules, opt, switched(m, on, loss_fn), rt.device)
+    t = race(fns, rounds, rt.device)
+    out = {}
+    for key, m in mem.items():
+        fixed = m["params"] + m["grads"] + m["optimizer"]
+        held = m["activations"]
+        if key.endswith("checkpointed"):   # the backward reruns one block at a time: its activations too
+            held += mem[key.split(",")[0]]["activations"] / model.config.n_layer
+        fits = int((budget_gib * 2 ** 30 - fixed) // max(held / w.tune_batch, 1))
+        out[key] = {"s": t[key], **m, "fits_estimate": fits}
     return out
 
 
@@ -648,6 +692,31 @@ def bench_size(size: str, cfg: BenchConfig, rt, transformers, peft) -> dict:
         if limits["full fine-tuning"]:
             print(f"prefix tuning / full fine-tuning: x{limits['prefix tuning'] / limits['full fine-tuning']:.2f}")
         res["largest_batch"] = limits
+        limits = memory_limits(model, rt, T, grad_checkpoint=True)
+        print("the same, with activation checkpointing (--grad_checkpoint)")
+        for k, b in limits.items():
+            print(f"{k:20} {b:6d} sequences")
+        if limits["full fine-tuning"]:
+            print(f"prefix tuning / full fine-tuning, both checkpointed: "
+                  f"x{limits['prefix tuning'] / limits['full fine-tuning']:.2f}")
+        if res["largest_batch"]["full fine-tuning"]:
+            print(f"prefix tuning checkpointed / full fine-tuning as it is: "
+                  f"x{limits['prefix tuning'] / res['largest_batch']['full fine-tuning']:.2f} (goal >= 2)")
+        res["largest_batch_checkpointed"] = limits
+
+    ck = checkpointing(model, w, rt, rounds)
+    print(f"\n6. activation checkpointing: one tuning step, batch {w.tune_batch} x {w.tune_T} tokens (MiB; "
+          f"'fit in 80 GiB' estimated from the bytes above, sequences of {w.tune_T} tokens)")
+    print(f"{'':34} {'ms':>9} {'params+grads+optimizer':>22} {'activations':>11} {'fit in 80 GiB':>13}")
+    for key, r in ck.items():
+        print(f"{key:34} {1000 * r['s']:9.1f} {mib(r['params'] + r['grads'] + r['optimizer']):>22} "
+              f"{mib(r['activations']):>11} {r['fits_estimate']:13d}")
+    p, f = ck["prefix tuning, checkpointed"], ck["full fine-tuning"]
+    print(f"checkpointing's time: prefix x{p['s'] / ck['prefix tuning']['s']:.2f}, full fine-tuning "
+          f"x{ck['full fine-tuning, checkpointed']['s'] / f['s']:.2f} | sequences that fit, prefix checkpointed / "
+          f"full fine-tuning: x{p['fits_estimate'] / max(f['fits_estimate'], 1):.2f}, / full fine-tuning "
+          f"checkpointed: x{p['fits_estimate'] / max(ck['full fine-tuning, checkpointed']['fits_estimate'], 1):.2f}")
+    res["checkpointing"] = ck
     return res
 
 

@@ -113,7 +113,7 @@ def tune(cfg, rt, model, prefix, loss_fn, optimizer, train, val, base_loss: floa
     Under torchrun (par from prefixgpt/distributed.py) a step's global batch is batch_size × world
     examples, the same on every rank; each rank computes the gradient of its share, the trainable
     tensors' gradients are averaged, and every rank takes the same step. Rank 0 alone calls save_best
-    and logs; the same global batches in one process give the same prefix (tests/test_distributed.py)."""
+    and logs; the same global batches in one process give the same prefix (tests/test_scale.py)."""
     log = MetricsLog(log_dir, append=False) if log_dir and par.master else None
     params = [p for p in (prefix if prefix is not None else model).parameters() if p.requires_grad]
     par.broadcast(params)   # every rank starts from rank 0's prefix (or LoRA, adapters)

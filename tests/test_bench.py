@@ -43,8 +43,12 @@ def test_prefix_suite_runs_end_to_end_in_quick_mode():
                  "one mixed batch / transformers one after another: x",
                  "4. where the time goes: one prefix-tuning step",
                  "one decoding step, batch 1, with the cache",
-                 "Self CPU"):
+                 "Self CPU",
+                 "6. activation checkpointing",
+                 "checkpointing's time: prefix x"):
         assert line in out, line
+    for name in ("prefix tuning, checkpointed", "full fine-tuning, checkpointed"):
+        assert any(row.startswith(name + " ") for row in out.splitlines()), name
     for name in ("prefix tuning", "full fine-tuning", "PEFT prefix tuning"):   # a row of the memory table each
         assert any(row.startswith(name + " ") for row in out.splitlines()), name
 
@@ -78,3 +82,16 @@ def test_transformers_generate_with_the_prefix_as_its_cache_decodes_what_ours_do
                          max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)[0, 8:].tolist()
     plain = generate(model, x, 12, temperature=0)[0, 8:].tolist()
     assert ours == theirs != plain
+
+
+def test_checkpointing_holds_less_for_the_backward_and_estimates_more_sequences():
+    w = bench.Workload(2, 16, 32, 2, 2)
+    model = bench.GPT(bench.GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=32, vocab_size=64))
+    rt = bench.setup_runtime("cpu", "float32", 0)
+    ck = bench.checkpointing(model, w, rt, rounds=1)
+    for name in ("prefix tuning", "full fine-tuning"):
+        on, off = ck[name + ", checkpointed"], ck[name]
+        assert on["activations"] < off["activations"] and on["fits_estimate"] > off["fits_estimate"], name
+        assert on["params"] + on["grads"] + on["optimizer"] == off["params"] + off["grads"] + off["optimizer"]
+    assert ck["prefix tuning"]["grads"] < ck["full fine-tuning"]["grads"]     # a frozen base has no weight grads
+

@@ -184,3 +184,51 @@ def test_gelu_is_exact_by_default_and_gpt2s_tanh_form_on_request():
     assert (exact(x) - tanh(x)).abs().max() > 1e-4   # the two differ: the setting matters for GPT-2 weights
     with pytest.raises(ValueError, match="gelu must be 'exact' or 'tanh'"):
         GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, gelu="relu"))
+
+
+# -- activation checkpointing (--grad_checkpoint) ------------------------------------------------------
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for the backward while fn() runs."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(saved.values())
+
+
+@pytest.mark.parametrize("what", ["prefix", "fine-tuning"])
+def test_grad_checkpoint_gives_the_same_loss_and_gradients_with_less_saved(tiny_config, what):
+    from dataclasses import replace
+
+    from prefix import PrefixTuning, freeze
+    torch.manual_seed(0)
+    model = GPT(replace(tiny_config, dropout=0.1)).train()     # dropout: the rerun must replay its masks
+    prefix = PrefixTuning(model.config, 4) if what == "prefix" else None
+    if prefix is not None:
+        freeze(model)
+    trains = list((prefix or model).parameters())
+    x = torch.randint(0, tiny_config.vocab_size, (3, 20))
+    runs = {}
+    for on in (False, True):
+        model.grad_checkpoint = on
+        torch.manual_seed(1)
+        loss, saved = saved_bytes(lambda: model(x, x, prefix_kv=None if prefix is None else prefix(model))[1])
+        grads = torch.autograd.grad(loss, trains)
+        runs[on] = (loss, grads, saved)
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=0, atol=0)
+    for g_on, g_off in zip(runs[True][1], runs[False][1]):
+        torch.testing.assert_close(g_on, g_off, rtol=1e-6, atol=1e-7)
+    assert runs[True][2] < runs[False][2] / 2, (runs[True][2], runs[False][2])   # what the backward keeps
+
+
+def test_grad_checkpoint_changes_nothing_without_gradients(tiny_model):
+    x = torch.randint(0, tiny_model.config.vocab_size, (2, 9))
+    ref, _ = tiny_model(x)
+    tiny_model.grad_checkpoint = True
+    with torch.no_grad():
+        out, _ = tiny_model(x)
+    assert torch.equal(out, ref) and generate(tiny_model, x, 3, temperature=0).shape == (2, 12)

@@ -52,6 +52,15 @@ def test_twenty_iterations_lower_the_loss_and_write_both_checkpoints(corpus, tmp
     assert json.load(open(os.path.join(out, "config.json")))["train"]["max_iters"] == 20
 
 
+def test_grad_checkpoint_trains_as_without_it(corpus, tmp_path):
+    common = [f"--data_dir={corpus}", "--max_iters=5", "--lr_decay_iters=5", "--eval_interval=5", "--dropout=0.1",
+              "--plot=false", *TINY]
+    run("train.py", f"--out_dir={tmp_path}/off", *common)
+    run("train.py", f"--out_dir={tmp_path}/on", "--grad_checkpoint=true", *common)
+    off, on = losses(f"{tmp_path}/off"), losses(f"{tmp_path}/on")
+    assert sorted(on) == list(range(1, 6)) and on == pytest.approx(off, rel=1e-5)
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
     common = [f"--data_dir={corpus}", "--lr_decay_iters=20", "--eval_interval=10", "--dropout=0.1", *TINY]
     whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")

@@ -1,5 +1,6 @@
-"""prefixgpt/distributed.py and finetune_prefix.py under torchrun: two Gloo processes on the CPU train the
-same prefix (or LoRA) as one process on the same global batch, and the pieces that make it so."""
+"""Past one process and past today's memory: finetune_prefix.py under torchrun (two Gloo processes on the
+CPU train the same prefix, or LoRA, as one process on the same global batch; prefixgpt/distributed.py's
+pieces that make it so; a signal to one rank) and with --grad_checkpoint (the same prefix)."""
 import json
 import os
 import signal
@@ -127,3 +128,13 @@ def test_a_signal_to_one_rank_stops_both_and_keeps_the_best_prefix(task, tmp_pat
     text = log_path.read_text()
     assert "stopped by signal 15" in text and "the best prefix so far is kept" in text, text
     assert json.load(open(os.path.join(out, "summary.json")))["stopped_by"] == 15
+
+
+def test_grad_checkpoint_trains_the_same_prefix(task, tmp_path):
+    runs = {}
+    for on in ("false", "true"):
+        out = str(tmp_path / on)
+        run("finetune_prefix.py", *tune_args(task, out, "prefix", batch_size=8), f"--grad_checkpoint={on}")
+        runs[on] = trained_state(out, "prefix")
+    for k in runs["false"]:
+        torch.testing.assert_close(runs["true"][k], runs["false"][k], rtol=1e-5, atol=1e-6, msg=k)
