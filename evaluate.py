@@ -33,6 +33,7 @@ from prefixgpt.checkpoint import is_saved_model_file, load_delta, load_model, lo
 from prefixgpt.cli import main_guard, parse, setting
 from prefixgpt.metrics import format_confusion
 from prefixgpt.nlg_metrics import li_liang_numbers
+from prefixgpt.decoding import cast_for_inference
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 from prefixgpt.scoring import classification_scores, completion_bytes, generation_scores, task_loss
 
@@ -81,6 +82,7 @@ def main(argv):
     if cfg.delta:   # after the prefixes, which were checked against the base's own weights
         _, meta = load_delta(cfg.delta, model, tokenizer.name, weights_fingerprint(model))
         names = [f"{meta['method']} {n}" if n != "no prefix" else f"{meta['method']} ({cfg.delta})" for n in names]
+    model = cast_for_inference(model, rt.dtype)   # bf16/fp16: weights cast once (after the files were checked)
     width = max(len(n) for n in names)
     if cfg.mode == "loss":
         print(f"{cfg.base} on {cfg.data}: loss per completion token ({tokenizer.name} tokens), and per byte "
@@ -94,8 +96,9 @@ def main(argv):
             print(f"  {name:{width}}  loss {loss:.4f} | perplexity {math.exp(min(loss, 50)):.3f} "
                   f"| {per_byte:.4f} nats per byte | {len(examples)} examples")
     elif cfg.mode == "generate":
-        res = generation_scores(model, tokenizer, prefixes, names, cfg.data, cfg.max_new_tokens, cfg.beam,
-                                cfg.max_examples, cfg.out)
+        with rt.autocast:
+            res = generation_scores(model, tokenizer, prefixes, names, cfg.data, cfg.max_new_tokens, cfg.beam,
+                                    cfg.max_examples, cfg.out)
         for name, completions in zip(names, res["completions"]):
             print(f"--- [{name}] ---")
             for p, h in list(zip(res["prompts"], completions))[:2]:
@@ -119,7 +122,8 @@ def main(argv):
     elif cfg.mode == "classify":
         print(f"{cfg.base} on {cfg.data}: classification by label likelihood")
         for name, prefix in zip(names, prefixes):
-            res = classification_scores(model, tokenizer, prefix, cfg.data, cfg.labels, cfg.max_examples)
+            with rt.autocast:
+                res = classification_scores(model, tokenizer, prefix, cfg.data, cfg.labels, cfg.max_examples)
             print(f"--- [{name}] ---")
             print(format_confusion(res["confusion"], [lab.strip() for lab in cfg.labels]))
             majority = max(map(sum, res["confusion"])) / res["n"]   # always answering the commonest label

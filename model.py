@@ -273,6 +273,7 @@ class GPT(nn.Module):
         self.config = config
         self.fast_attention = True  # False: the literal softmax(...) path; tests hold the two equal
         self.grad_checkpoint = False  # True: keep only each block's input for the backward (--grad_checkpoint)
+        self.pad_head = None          # pad the head's product to a multiple of 64 rows: None = on a GPU
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -360,11 +361,25 @@ class GPT(nn.Module):
         """idx (B, T) token ids → (logits (B, T, vocab), loss or None). Targets of -1 are ignored.
         Prefix tuning's loss is this with a learned prefix_kv:  L(LM_θ(x; P), y)."""
         h, _ = self.trunk(self.transformer.wte(idx), prefix_kv, prefix_mask)
-        logits = self.lm_head(h)                                                         # (B, T, vocab)
+        padded = self.head_logits(h)                                                     # (B, T, V')
+        logits = padded[..., :self.config.vocab_size]                                    # (B, T, vocab), a view
         loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if targets is not None:   # columns past the vocabulary are -inf: softmax gives them 0, and no gradient
+            loss = F.cross_entropy(padded.reshape(-1, padded.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def head_logits(self, h):
+        """h (B, T, C) → logits through the tied head, (B, T, V') with V' = vocab, or on a GPU vocab rounded
+        up to a multiple of 64. Why: an odd number of rows (GPT-2's 50,257) sends the GPU's matrix multiply
+        to a slow kernel; 50,304 rows do not. The extra rows are zeros that exist only inside this product
+        (the weight and every file keep the real vocabulary), and their logits are set to -inf, so no loss,
+        sample or score ever sees them. forward hands out the first vocab columns only."""
+        W = self.lm_head.weight                                                          # (vocab, C)
+        extra = -W.size(0) % 64
+        if extra == 0 or not (W.is_cuda if self.pad_head is None else self.pad_head):
+            return self.lm_head(h)
+        padded = F.linear(h, F.pad(W, (0, 0, 0, extra)))                                 # (B, T, vocab + extra)
+        return padded.index_fill_(-1, torch.arange(W.size(0), padded.size(-1), device=h.device), float("-inf"))
 
     def key_values(self, idx=None, prefix_kv=None, prefix_mask=None, embeds=None) -> list[KV]:
         """The per-layer (key, value) that tokens `idx` (or input embeddings `embeds`, (B, T, C)) produce

@@ -23,7 +23,7 @@ from model import prefix_length, room_after
 from prefix import batch_prefixes
 from prefixgpt.checkpoint import load_model, load_prefixes
 from prefixgpt.cli import main_guard, parse, setting
-from prefixgpt.decoding import generate
+from prefixgpt.decoding import cast_for_inference, generate
 from prefixgpt.runtime import DEVICE_PATTERN, DTYPES, setup_runtime
 from prefixgpt.scoring import cut_at_stop, decode_rows
 
@@ -84,13 +84,14 @@ def generate_samples(model, tokenizer, prompt: str, prefixes: list, labels: list
 
 
 def serve_requests(model, tokenizer, path: str, max_new_tokens: int, temperature: float, top_k,
-                   stop_at_eot=False):
+                   stop_at_eot=False, dtype="float32"):
     """Every line of a requests JSONL ({"prefix": file or "", "prompt": text}) as one row of one mixed
     batch: each row its own prefix (loaded once per file, checked against the base) and its own prompt.
     Returns [(label, prompt, text)] in the file's order."""
     rows = read_jsonl(path, need=("prefix", "prompt"))
     paths = list(dict.fromkeys(r["prefix"] for r in rows if r["prefix"]))
     prefixes, labels = load_prefixes(paths, model, tokenizer.name, with_base=True)
+    model = cast_for_inference(model, dtype)     # after the prefixes were checked against the base's weights
     index = {p: i + 1 for i, p in enumerate(paths)}     # 0: the base alone
     with torch.no_grad():
         kvs = [None if p is None else p(model) for p in prefixes]
@@ -122,12 +123,13 @@ def main(argv):
     if cfg.requests:
         with rt.autocast:
             served = serve_requests(model, tokenizer, cfg.requests, cfg.max_new_tokens, cfg.temperature,
-                                    cfg.top_k, cfg.stop_at_eot)
+                                    cfg.top_k, cfg.stop_at_eot, rt.dtype)
         for label, prompt, text in served:
             print(f"--- [{label}] ---")
             print(prompt + text)
         return
     prefixes, labels = load_prefixes(cfg.prefix, model, tokenizer.name, cfg.with_base)
+    model = cast_for_inference(model, rt.dtype)   # bf16/fp16: every weight cast once, not at every step
     prompt = read_prompt(cfg.prompt)
     with rt.autocast:
         samples = generate_samples(model, tokenizer, prompt, prefixes, labels, cfg.num_samples,

@@ -13,7 +13,9 @@ The checks, on small models with random weights (see small_model):
             (prefix_mask), prompt tuning; the device's fast path (SDPA) against the CPU's reference.
   autocast  the same batch under the device's autocast (bf16 where it has it): the loss, and the
             greedy choice at every position, against fp32 on the CPU; a cache filled token by token
-            under autocast against one forward pass.
+            under autocast against one forward pass; the weights cast once for decoding against
+            autocast's cast at every step (bit for bit).
+  padded head  the output head's product on 64-row multiples against the vocabulary as it is.
   kernels   (CUDA only) each attention case, forward and backward, with SDPA's plain-math kernel
             switched off: it still runs, so it is on a fused kernel; the kernels torch.profiler saw.
   decoding  greedy decoding with the cache, without it, and on the CPU: the same tokens; a mixed batch
@@ -159,6 +161,20 @@ def check_forward(r: Report, base: GPT, device: str, x, y, seed: int):
             r.check(f"forward fp32, {name}: prefix gradient", relative(g, g_ref), 1e-4, unit="max |diff| / max |ref|")
 
 
+def check_padded_head(r: Report, base: GPT, device: str, x, y):
+    """The head's product padded to a multiple of 64 rows (model.head_logits; on a GPU by default): the
+    same logits, loss and gradient as the vocabulary as it is (97 here, 128 padded)."""
+    runs = []
+    for pad in (False, True):
+        m = on(base, device, fast=True)
+        m.pad_head = pad
+        logits, loss = m(x.to(device), y.to(device))
+        loss.backward()
+        runs.append((logits.detach(), loss.detach(), m.lm_head.weight.grad))
+    for what, a, b in zip(("logits", "loss", "head gradient"), *runs):
+        r.check(f"padded head on {device} vs as it is: {what}", relative(b, a), 1e-5, unit="max |diff| / max |ref|")
+
+
 def check_autocast(r: Report, base: GPT, rt, x, y, seed: int):
     if rt.dtype == "float32":
         r.note(f"autocast: {rt.device} runs fp32 (no native bf16), nothing to compare")
@@ -183,6 +199,14 @@ def check_autocast(r: Report, base: GPT, rt, x, y, seed: int):
     stepped = torch.stack(steps, dim=1)                                                       # (1, T, vocab)
     r.check(f"{rt.dtype} autocast, a cache filled token by token vs one pass", relative(stepped, full), 0.02,
             unit="max |diff| / max |ref|")
+    # weights cast once for decoding (decoding.cast_for_inference) against autocast's cast at every step
+    cast = decoding.cast_for_inference(dev_model, rt.dtype)
+    with torch.no_grad(), rt.autocast:
+        once, _ = cast(x[:1].to(rt.device), prefix_kv=kv)
+        tokens = [decoding.generate(m, x[:1, :8].to(rt.device), 24, temperature=0, prefix_kv=kv) for m in (dev_model, cast)]
+    r.check(f"{rt.dtype} weights cast once vs cast by autocast: logits", (once - full).abs().max().item(), 0)
+    r.check(f"{rt.dtype} weights cast once vs cast by autocast: greedy tokens", float(not torch.equal(*tokens)), 0,
+            unit="differs")
 
 
 def check_kernels(r: Report, base: GPT, rt, x, y, seed: int):
@@ -368,6 +392,7 @@ def main(argv=None):
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False   # fp32 means fp32 here
     sections = [("forward", lambda: check_forward(r, base, rt.device, x, y, cfg.seed)),
+                ("padded head", lambda: check_padded_head(r, base, rt.device, x, y)),
                 ("autocast", lambda: check_autocast(r, base, rt, x, y, cfg.seed)),
                 ("kernels", lambda: check_kernels(r, base, rt, x, y, cfg.seed)),
                 ("decoding", lambda: check_decoding(r, small_model(cfg.seed, sharp=True), rt.device, cfg.seed)),

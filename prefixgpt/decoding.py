@@ -11,9 +11,34 @@ the `cache` argument of GPT.trunk. The model never imports this module; this mod
 
 Shapes as in model.py (B batch, T new tokens, P prefix slots, nh heads, hd head size).
 """
+import copy
+
 import torch
+import torch.nn as nn
 
 from model import join_prefix, prefix_length, room_after, sample_next
+
+
+def cast_for_inference(model, dtype: str):
+    """A copy of model for decoding under autocast, whose Linear layers and output head hold their weights
+    in dtype ("bfloat16", "float16"), cast once; "float32": the model itself.
+
+    Why: autocast casts every fp32 weight to bf16 each time its layer runs, so a decoding step re-casts the
+    whole model (at batch 1 on a GPU, about half of the step). It rounds a weight to the same bf16 numbers
+    every time, so casting it once beforehand gives the same logits, bit for bit (tests/test_cache.py).
+    LayerNorms and the embeddings stay in fp32, as autocast leaves them (the head, tied to the token
+    embedding, gets its own cast copy). Decode with it; never train or save it."""
+    if dtype == "float32":
+        return model
+    low = getattr(torch, dtype)
+    inference = copy.deepcopy(model)
+    head = nn.Linear(model.config.n_embd, model.config.vocab_size, bias=False)
+    head.weight = nn.Parameter(inference.transformer.wte.weight.detach().to(low), requires_grad=False)
+    inference.lm_head = head                       # untied: the embedding lookup keeps the fp32 rows
+    for module in inference.modules():
+        if isinstance(module, nn.Linear):
+            module.to(low)
+    return inference.requires_grad_(False).eval()
 
 
 class KVCache:

@@ -138,3 +138,23 @@ def test_reordering_keeps_the_chosen_rows_as_indexing_the_cat_cache_would(tiny_c
         assert torch.equal(K[:, :, :6], k) and torch.equal(V[:, :, :6], v)
     nxt = torch.randint(0, tiny_config.vocab_size, (4, 1), generator=torch.Generator().manual_seed(7))
     assert torch.equal(step(model, nxt, cache), cat_step(model, nxt, listed, None)[0])
+
+
+def test_weights_cast_once_decode_as_autocast_does_bit_for_bit(tiny_config):
+    # autocast rounds each fp32 weight to the same bf16 numbers at every step; cast_for_inference does it
+    # once, so logits and greedy tokens must be identical, and the model it copied stays as it was
+    from prefixgpt.decoding import cast_for_inference
+    model = sharp_model(tiny_config, scale=2.0)
+    kv = random_prefix(tiny_config, 3, seed=4)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 5))
+    cast = cast_for_inference(model, "bfloat16")
+    assert cast.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16 and cast.lm_head.weight.dtype == torch.bfloat16
+    assert cast.transformer.wte.weight.dtype == torch.float32 and cast.transformer.ln_f.weight.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_logits, _ = model(idx, prefix_kv=kv)
+        out_logits, _ = cast(idx, prefix_kv=kv)
+        ref = generate(model, idx, 12, temperature=0, prefix_kv=kv)
+        out = generate(cast, idx, 12, temperature=0, prefix_kv=kv)
+    assert torch.equal(out_logits, ref_logits) and torch.equal(out, ref)
+    assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.dtype == torch.float32
+    assert cast_for_inference(model, "float32") is model

@@ -212,6 +212,19 @@ def test_generate_for_a_jsonl_file_end_to_end(setup, tmp_path):
         assert abs(float(per_token) - float(per_byte)) < 1e-3
 
 
+def test_bf16_decoding_runs_on_weights_cast_once_in_sample_and_evaluate(setup, tmp_path):
+    # --dtype=bfloat16: the scripts decode with decoding.cast_for_inference's copy, after the prefix was
+    # checked against the base's own weights, under autocast in every mode
+    finetune(setup, tmp_path / "p", "--max_iters=2")
+    prefix = f"--prefix={tmp_path}/p/prefix.pt"
+    res = run("evaluate.py", "--mode=generate", f"--base={setup['base']}", prefix, f"--data={setup['val']}",
+              "--max_new_tokens=8", "--dtype=bfloat16", "--device=cpu")
+    assert "BLEU-4" in res.stdout
+    res = run("sample.py", f"--base={setup['base']}", prefix, "--prompt=name[Zizzi] ||", "--num_samples=1",
+              "--max_new_tokens=8", "--dtype=bfloat16", "--device=cpu", "--with_base")
+    assert res.stdout.count("--- [") == 2
+
+
 def test_completion_bytes_counts_the_text_the_targets_spell_in_any_tokenizer(tmp_path):
     from data.tokenizer import get_tokenizer
     from prefixgpt.scoring import completion_bytes

@@ -232,3 +232,30 @@ def test_grad_checkpoint_changes_nothing_without_gradients(tiny_model):
     with torch.no_grad():
         out, _ = tiny_model(x)
     assert torch.equal(out, ref) and generate(tiny_model, x, 3, temperature=0).shape == (2, 12)
+
+
+# -- the output head padded to a multiple of 64 (GPT.head_logits) ----------------------------------------
+
+def test_the_padded_head_gives_the_same_logits_loss_and_gradients(tiny_model):
+    assert tiny_model.config.vocab_size % 64                     # 61: padded to 64 inside the product
+    x = torch.randint(0, 61, (2, 9))
+    y = torch.randint(0, 61, (2, 9))
+    y[0, :3] = -1
+    runs = {}
+    for pad in (False, True):
+        tiny_model.pad_head = pad
+        tiny_model.zero_grad()
+        logits, loss = tiny_model(x, y)
+        loss.backward()
+        runs[pad] = (logits.detach(), loss.detach(), tiny_model.lm_head.weight.grad.clone())
+    assert runs[True][0].shape == (2, 9, 61)                     # never a column past the vocabulary
+    for a, b in zip(runs[True], runs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert tiny_model.lm_head.weight.grad.shape == (61, 32) and tiny_model.transformer.wte.weight.shape == (61, 32)
+    padded = tiny_model.head_logits(torch.randn(1, 2, 32))
+    assert padded.shape == (1, 2, 64) and torch.isneginf(padded[..., 61:]).all()
+
+
+def test_the_head_is_padded_on_a_gpu_only_unless_asked(tiny_model):
+    h = torch.randn(1, 2, 32)
+    assert tiny_model.pad_head is None and tiny_model.head_logits(h).shape == (1, 2, 61)   # CPU: as it is
