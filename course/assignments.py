@@ -193,18 +193,38 @@ HANDOUT = "course/ASSIGNMENTS.md"
 TASK_HEADING = re.compile(r"## (A\d+)\. ")
 
 
-def handout_for(text: str, tasks) -> str:
+def handout_for(text: str, tasks, split: dict | None = None, regions: list | None = None) -> str:
     """The handout a copy gets: the common part, then only its tasks' sections, and the task table's rows
-    for its tasks alone (a section runs from its `## A3. ` heading to the next heading of that level)."""
+    for its tasks alone (a section runs from its `## A3. ` heading to the next heading of that level).
+    split (points_split's): each task's section then says, under its heading, how its points are split,
+    as the graded tests' markers say (so the handout cannot disagree with the grader)."""
     out, keep = [], True
     for line in text.splitlines(keepends=True):
+        m = TASK_HEADING.match(line) if line.startswith("## ") else None
         if line.startswith("## "):
-            m = TASK_HEADING.match(line)
             keep = m is None or m.group(1) in tasks
         row = re.match(r"\| (A\d+) \|", line)
         if keep and not (row and row.group(1) not in tasks):
             out.append(line)
+        if keep and m and split and split.get(m.group(1)):
+            task = m.group(1)
+            mine = [r for r in regions or [] if r.task == task]
+            size = (f" You write {len(mine)} region{'s' * (len(mine) > 1)}; the solution's are "
+                    f"{sum(r.end - r.begin - 1 for r in mine)} lines of code.") if mine else ""
+            out.append(f"\n**Points: {POINTS[task]}**, a graded test's cases sharing its points: "
+                       f"{points_line(split[task])}.{size}\n")
     return "".join(out)
+
+
+def collect_points(root: str, tasks) -> dict:
+    """points_split of the tree at root, from its own test markers, collected by `course/grade.py --points
+    --json` in a process of its own (collecting imports the test files and torch, which this one need not)."""
+    res = subprocess.run([sys.executable, os.path.join(root, "course", "grade.py"), "--points", "--json",
+                          "--tasks", ",".join(tasks)], cwd=root, capture_output=True, text=True)
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        raise AssignmentError(f"could not collect the graded tests' points: {res.stderr.strip()[-300:]}") from None
 
 
 def strip_answers(path: str, text: str) -> str:
@@ -248,7 +268,7 @@ def make_copy(root: str, out: str, tasks) -> dict:
             texts[path] = student_text(f.read(), by_path.get(path, []), tasks)
     if HANDOUT in files:   # the copy's handout: its own tasks only
         with open(os.path.join(root, HANDOUT), encoding="utf-8", newline="") as f:
-            texts[HANDOUT] = handout_for(f.read(), tasks)
+            texts[HANDOUT] = handout_for(f.read(), tasks, collect_points(root, tasks), regions)
     for path in files:     # and no answer to a question, in code or docs
         if path.endswith((".py", ".md")):
             if path not in texts:
@@ -336,17 +356,41 @@ def _first_line(report) -> str:
     return " ".join(text.strip().splitlines()[0].split()) if text.strip() else "failed"
 
 
-def run_tests(root: str, tasks, stdout=None, plugins=()) -> Outcomes:
-    """Run the given tasks' tests of the project at root in this process, -q, with no cache written."""
+def run_tests(root: str, tasks, stdout=None, plugins=(), collect_only=False) -> Outcomes:
+    """Run the given tasks' tests of the project at root in this process, -q, with no cache written
+    (collect_only: find them and their points, run nothing)."""
     import contextlib
     import pytest
     outcomes = Outcomes()
     args = [os.path.join(root, f) for f in TEST_FILES if os.path.exists(os.path.join(root, f))]
     args += ["-m", marker_expression(tasks), "-q", "-p", "no:cacheprovider", f"--rootdir={root}",
-             "-c", os.path.join(root, "pytest.ini")]
+             "-c", os.path.join(root, "pytest.ini")] + (["--collect-only"] if collect_only else [])
     with contextlib.redirect_stdout(stdout or sys.stdout):
         pytest.main(args, plugins=[outcomes, *plugins])
     return outcomes
+
+
+def points_split(outcomes: Outcomes, tasks) -> dict:
+    """How each task's points are split: {task: [[test, points, graded cases or []], ...]}, a test's cases
+    together (they share its points), in the order pytest collected them."""
+    split = {t: [] for t in tasks}
+    rows = {}
+    for nodeid, task in outcomes.task_of.items():
+        group = outcomes.group_of.get(nodeid, nodeid)
+        if group not in rows:
+            rows[group] = [group.split("::")[-1], outcomes.points_of.get(nodeid, 0), []]
+            split[task].append(rows[group])
+        if "[" in nodeid:
+            rows[group][2].append(nodeid[nodeid.index("[") + 1:-1])
+    return split
+
+
+def points_line(tests: list) -> str:
+    """A handout's line for one task's split: `test_a` 3, `test_b[prefix, prompt]` 4, ..."""
+    def cases_of(cases):   # a few named cases by name, many by their number
+        return "" if not cases else f"[{', '.join(cases)}]" if len(cases) <= 2 else f" ({len(cases)} cases)"
+    return ", ".join(f"`{name}{cases_of(cases)}` {points:g}" if not cases or len(cases) <= 2 else
+                     f"`{name}`{cases_of(cases)} {points:g}" for name, points, cases in tests)
 
 
 def score(outcomes: Outcomes, tasks) -> dict:

@@ -146,6 +146,11 @@ def test_a_copys_handout_holds_its_own_tasks_and_what_they_share():
     assert "## Set-up" in got and "intro" in got and "| A2 | 10 |" in got and "| A8 | 10 |" in got
     assert "## A2. Prefix\n\ntwo" in got and "## A8. BLEU\n\neight" in got
     assert "## A1." not in got and "one" not in got and "| A1 |" not in got
+    split = {"A2": [["test_x", 4, []], ["test_y", 6, ["lora", "adapter"]]], "A8": [["test_z", 10, ["a", "b", "c"]]]}
+    got = assignments.handout_for(text, ["A2", "A8"], split)
+    assert "## A2. Prefix\n\n**Points: 10**, a graded test's cases sharing its points: `test_x` 4, " \
+           "`test_y[lora, adapter]` 6.\n" in got
+    assert "`test_z` (3 cases) 10." in got
 
 
 def test_answer_passages_leave_a_copy_and_an_unmatched_marker_is_one_line():
@@ -222,6 +227,12 @@ def test_teachers_check_a_copy_for_a2_and_a8_fails_exactly_their_tests(tmp_path)
     assert (copy / "course" / "ASSIGNMENTS.md").exists() and (copy / "tests" / "reference" / "assignments.npz").exists()
     handout = (copy / "course" / "ASSIGNMENTS.md").read_text(encoding="utf-8")
     assert "## A2. " in handout and "## A8. " in handout and "## A1. " not in handout and "## Set-up" in handout
+    for task in selected:   # each task's points, split as its tests' markers split them, and its code's size
+        line = re.search(rf"## {task}\. .*?\n\n\*\*Points: (\d+)\*\*, [^:]*: (.*?)\. You write (\d+) region",
+                         handout, flags=re.S)
+        assert line and int(line.group(1)) == assignments.POINTS[task], task
+        assert sum(float(x) for x in re.findall(r"` (?:\(\d+ cases\) )?([\d.]+)", line.group(2))) == assignments.POINTS[task]
+        assert "*Objectives:*" in handout.split(f"## {task}. ")[1].split("\n## ")[0]
     graded = subprocess.run([sys.executable, "course/grade.py", "--json", "--tasks", ",".join(assignments.POINTS)],
                             cwd=copy, capture_output=True, text=True, timeout=900)
     assert graded.returncode == 1, graded.stdout + graded.stderr
