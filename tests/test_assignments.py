@@ -394,4 +394,4 @@ def test_task_names_are_checked_in_one_line():
 def test_grade_py_refuses_bad_input_in_one_line():
     from conftest import one_line_error, run
     one_line_error(run("course/grade.py", "--tasks", "A1,B2", check=False), "unknown task B2")
-    one_line_error(run("course/grade.py", "--points=3", check=False), "unrecognized arguments")
+    one_line_error(run("course/grade.py", "--score=3", check=False), "unrecognized arguments")
