@@ -317,6 +317,7 @@ def test_a_diverged_rate_past_the_edge_stops_the_bracket(monkeypatch):
     assert runs == [0.01, 0.03, 0.1, 0.3]
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_grid_and_write_the_rows_one_process_writes(sst2_setup, tmp_path):
     # every rate cell, the picks (bracketed past the grid's edge) and every seed: each cell run once, by
     # one of the two processes, and the same rows as one process running all of them

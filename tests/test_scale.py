@@ -52,6 +52,7 @@ def trained_state(out, method) -> dict:
     return torch.load(os.path.join(out, "prefix.pt" if method == "prefix" else "delta.pt"), weights_only=True)["state"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prefix", "lora"])
 def test_two_gloo_processes_train_what_one_process_trains_on_the_same_global_batch(task, tmp_path, method):
     one = str(tmp_path / "one")
@@ -103,6 +104,7 @@ def test_shares_are_interleaved_so_each_rank_pads_alike():
     assert Parallel(0, 2).share(batch) == [0, 2, 4, 6, 8] and Parallel(1, 2).share(batch) == [1, 3, 5, 7, 9]
 
 
+@pytest.mark.slow
 @needs_proc
 def test_a_signal_to_one_rank_stops_both_and_keeps_the_best_prefix(task, tmp_path):
     # as train.py's: the signalled rank must not leave the loop while the other waits in an all-reduce
@@ -130,6 +132,7 @@ def test_a_signal_to_one_rank_stops_both_and_keeps_the_best_prefix(task, tmp_pat
     assert json.load(open(os.path.join(out, "summary.json")))["stopped_by"] == 15
 
 
+@pytest.mark.slow
 def test_grad_checkpoint_trains_the_same_prefix(task, tmp_path):
     runs = {}
     for on in ("false", "true"):
