@@ -125,6 +125,29 @@ def torchrun(script, *args, log_path, nproc=2, timeout=240):
     return proc.returncode, open(log_path).read()
 
 
+def torchrun_then_signal_rank_1(script, *args, log_path, once):
+    """start_torchrun, wait until the output holds `once`, send SIGTERM to the rank-1 worker (found through
+    /proc by this run's --out_dir) and wait for the run to end. Returns what it printed. Every rank must
+    stop: a rank that leaves alone leaves the other waiting in an all-reduce, and the run hangs."""
+    import time
+    out_dir = next(a for a in args if a.startswith("--out_dir=")).split("=", 1)[1]
+    with open(log_path, "w") as log:
+        proc = start_torchrun(script, *args, log=log)
+        try:
+            deadline = time.time() + 120
+            while once not in open(log_path).read() and time.time() < deadline:
+                time.sleep(0.2)
+            rank1 = [pid for pid in worker_pids(out_dir) if b"RANK=1\0" in read_proc(pid, "environ")]
+            assert len(rank1) == 1, open(log_path).read()
+            os.kill(rank1[0], signal.SIGTERM)
+            proc.wait(timeout=120)
+        except (subprocess.TimeoutExpired, AssertionError):
+            kill_processes_mentioning(out_dir)
+            proc.kill()
+            raise
+    return open(log_path).read()
+
+
 def read_proc(pid, name):
     with open(f"/proc/{pid}/{name}", "rb") as f:
         return f.read()

@@ -3,14 +3,11 @@ CPU train the same prefix, or LoRA, as one process on the same global batch; pre
 pieces that make it so; a signal to one rank) and with --grad_checkpoint (the same prefix)."""
 import json
 import os
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 
-from conftest import kill_processes_mentioning, needs_proc, read_proc, run, start_torchrun, torchrun, worker_pids
+from conftest import needs_proc, run, torchrun, torchrun_then_signal_rank_1
 from data.tokenizer import ByteTokenizer
 from model import GPT, GPTConfig
 from prefixgpt.checkpoint import save_checkpoint
@@ -111,23 +108,8 @@ def test_a_signal_to_one_rank_stops_both_and_keeps_the_best_prefix(task, tmp_pat
     out = str(tmp_path / "stop")
     args = tune_args(task, out, "prefix", batch_size=4)
     args = [a for a in args if not a.startswith(("--max_iters", "--eval_interval"))]
-    log_path = tmp_path / "stop.log"
-    with open(log_path, "w") as log:
-        proc = start_torchrun("finetune_prefix.py", *args, "--max_iters=100000", "--eval_interval=20",
-                              "--patience=100000", log=log)
-        try:
-            deadline = time.time() + 120
-            while "iter 30/" not in log_path.read_text() and time.time() < deadline:
-                time.sleep(0.2)
-            rank1 = [pid for pid in worker_pids(out) if b"RANK=1\0" in read_proc(pid, "environ")]
-            assert len(rank1) == 1, log_path.read_text()
-            os.kill(rank1[0], signal.SIGTERM)
-            proc.wait(timeout=120)
-        except (subprocess.TimeoutExpired, AssertionError):
-            kill_processes_mentioning(out)
-            proc.kill()
-            raise
-    text = log_path.read_text()
+    text = torchrun_then_signal_rank_1("finetune_prefix.py", *args, "--max_iters=100000", "--eval_interval=20",
+                                       "--patience=100000", log_path=tmp_path / "stop.log", once="iter 30/")
     assert "stopped by signal 15" in text and "the best prefix so far is kept" in text, text
     assert json.load(open(os.path.join(out, "summary.json")))["stopped_by"] == 15
 

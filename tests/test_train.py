@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import (ROOT, RunsCode, kill_processes_mentioning, needs_proc, read_proc, run, start_torchrun,
-                      torchrun, worker_pids)
+from conftest import ROOT, RunsCode, needs_proc, run, torchrun, torchrun_then_signal_rank_1
 from data.shakespeare.prepare import prepare
 from data.tokenizer import ByteTokenizer
 
@@ -111,23 +110,9 @@ def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(corpus, tmp_
     # Without agreeing on when to stop, the signalled rank leaves the loop and the other one waits
     # forever in the next gradient all-reduce.
     out = str(tmp_path / "ddp_stop")
-    log_path = tmp_path / "ddp_stop.log"
-    with open(log_path, "w") as log:
-        proc = start_torchrun("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=100000",
-                              "--eval_interval=0", "--plot=false", *TINY, log=log)
-        try:
-            deadline = time.time() + 120
-            while "iter 5/" not in log_path.read_text() and time.time() < deadline:
-                time.sleep(0.2)
-            rank1 = [pid for pid in worker_pids(out) if b"RANK=1\0" in read_proc(pid, "environ")]
-            assert len(rank1) == 1, log_path.read_text()
-            os.kill(rank1[0], signal.SIGTERM)
-            proc.wait(timeout=120)
-        except (subprocess.TimeoutExpired, AssertionError):
-            kill_processes_mentioning(out)
-            proc.kill()
-            raise
-    text = log_path.read_text()
+    text = torchrun_then_signal_rank_1("train.py", f"--data_dir={corpus}", f"--out_dir={out}", "--max_iters=100000",
+                                       "--eval_interval=0", "--plot=false", *TINY, log_path=tmp_path / "ddp_stop.log",
+                                       once="iter 5/")
     assert "stopped by signal 15" in text and "--resume" in text, text
     assert torch.load(os.path.join(out, "last.pt"), weights_only=True)["iter_num"] >= 5
 
